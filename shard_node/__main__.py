@@ -1,0 +1,81 @@
+"""`python -m shard_node serve|ingest`: run a replica, or ingest a folder into a store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from shard_node.settings import ShardSettings
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True)
+
+
+@cli.command()
+def serve(
+    store: Annotated[str, typer.Option(help="store id in stores.yaml")],
+    port: Annotated[int, typer.Option()] = 9100,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+) -> None:
+    """Run one replica of a store's shard node."""
+    from shard_node.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = ShardSettings(store_id=store)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=5)
+
+
+@cli.command()
+def ingest(
+    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False)],
+    store: Annotated[str, typer.Option(help="store id in stores.yaml")],
+    largest: Annotated[bool, typer.Option(help="take the largest face of group photos")] = False,
+    workers: Annotated[int, typer.Option(help="0 = one per core")] = 0,
+) -> None:
+    """Ingest a <person>/<photo> folder into a store, straight into Redis."""
+    from redis.asyncio import Redis
+    from rich.progress import Progress
+
+    from shard_node.app import embedder_options, store_config
+    from shard_node.faces.pool import FacePool
+    from shard_node.faces.registry import embedder_info
+    from shard_node.gallery import ingest_folder, photos_by_person
+    from storeface.facedb import FaceDB
+
+    settings = ShardSettings(store_id=store)
+    cfg = store_config(settings)
+    options = embedder_options(cfg, settings)
+    info = embedder_info(cfg.embedder, options)
+    total = sum(len(p) for p in photos_by_person(folder).values())
+
+    async def run() -> None:
+        redis = Redis.from_url(settings.redis_url)
+        pool = FacePool(cfg.embedder, options, workers=workers or None)
+        try:
+            db = FaceDB(redis)
+            recorded = await db.claim_embedder(cfg.id, info.name)
+            if recorded != info.name:
+                raise typer.BadParameter(f"store {cfg.id} holds {recorded} embeddings")
+            with Progress() as progress:
+                task = progress.add_task(f"ingesting into {cfg.id}", total=total)
+                report = await ingest_folder(
+                    db, pool, cfg.id, info, folder, largest=largest,
+                    min_size=cfg.min_face_size,
+                    progress=lambda n: progress.advance(task, n))
+        finally:
+            pool.close()
+            await redis.aclose()
+        typer.echo(report.summary())
+        for path, why in report.skipped:
+            typer.echo(f"  skipped {path}: {why}")
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,96 @@
+"""Runs decode, detection and embedding in worker processes, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from shard_node.faces.base import Face, FacePipeline, analyze
+from shard_node.faces.registry import make_pipeline
+from storeface.images import ImageLimits, decode_image
+
+_pipeline: FacePipeline | None = None
+
+
+def _init_worker(embedder: str, options: dict[str, Any]) -> None:
+    global _pipeline
+    # One core per worker: the pool, not the libraries, decides the parallelism.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import cv2
+
+    cv2.setNumThreads(1)
+    _pipeline = make_pipeline(embedder, options)
+
+
+@dataclass
+class Analysis:
+    """The faces of one image and what each stage cost, in ms."""
+
+    faces: list[Face]
+    width: int
+    height: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def analyze_bytes(
+    pipeline: FacePipeline, data: bytes, limits: ImageLimits, max_faces: int
+) -> Analysis:
+    """Decode then analyze one upload; the same code runs in workers and in-process."""
+    t0 = time.perf_counter()
+    image = decode_image(data, limits)
+    timings = {"decode_ms": (time.perf_counter() - t0) * 1000}
+    faces = analyze(pipeline, image, max_faces, timings)
+    return Analysis(faces=faces, width=image.width, height=image.height, timings=timings)
+
+
+def _work(data: bytes, limits: ImageLimits, max_faces: int) -> Analysis:
+    assert _pipeline is not None, "worker not initialised"
+    return analyze_bytes(_pipeline, data, limits, max_faces)
+
+
+def _ping() -> int:
+    return os.getpid()
+
+
+class FacePool:
+    """A process pool sized to the cores, each worker holding its own copy of the models."""
+
+    def __init__(
+        self,
+        embedder: str,
+        options: dict[str, Any] | None = None,
+        workers: int | None = None,
+        limits: ImageLimits | None = None,
+        max_faces: int = 10,
+    ) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self.limits = limits or ImageLimits()
+        self.max_faces = max_faces
+        # spawn: forking a process that holds faiss/OpenMP threads is not safe.
+        self._executor = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(embedder, dict(options or {})),
+        )
+
+    async def warm_up(self) -> None:
+        """Start every worker and load its models before the node says it is ready."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._executor, _ping) for _ in range(self.workers * 2))
+        )
+
+    async def analyze(self, data: bytes, max_faces: int | None = None) -> Analysis:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, _work, data, self.limits, max_faces or self.max_faces
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)

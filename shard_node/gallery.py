@@ -1,0 +1,109 @@
+"""Ingest a `<person>/<photo>` folder into a store: one FaceId per person, idempotent."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shard_node.faces.base import EmbedderInfo
+from shard_node.faces.pool import FacePool
+from storeface.errors import StorefaceError
+from storeface.facedb import FaceDB
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did, photo by photo where it did not add one."""
+
+    people: int = 0
+    added: int = 0
+    already: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    faces: dict[str, int] = field(default_factory=dict)  # person → FaceId
+
+    def summary(self) -> str:
+        reasons: dict[str, int] = {}
+        for _, why in self.skipped:
+            reasons[why] = reasons.get(why, 0) + 1
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none"
+        return (f"{self.people} people, {self.added} photos added, {self.already} already "
+                f"ingested, {len(self.skipped)} skipped ({why})")
+
+
+def photos_by_person(folder: Path) -> dict[str, list[Path]]:
+    people: dict[str, list[Path]] = {}
+    for person in sorted(p for p in folder.iterdir() if p.is_dir()):
+        photos = sorted(p for p in person.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+        if photos:
+            people[person.name] = photos
+    return people
+
+
+async def ingest_folder(
+    db: FaceDB, pool: FacePool, store_id: str, info: EmbedderInfo, folder: Path, *,
+    largest: bool = False, min_size: int = 0,
+    on_added: Callable[[int, int, np.ndarray], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Embed every photo in parallel (the pool's workers) and store it under its person."""
+    people = photos_by_person(folder)
+    report = IngestReport(people=len(people))
+    limit = asyncio.Semaphore(pool.workers * 2)
+    person_locks = {name: asyncio.Lock() for name in people}
+
+    async def one(person: str, path: Path) -> None:
+        async with limit:
+            try:
+                await _ingest_photo(person, path)
+            finally:
+                if progress:
+                    progress(1)
+
+    async def _ingest_photo(person: str, path: Path) -> None:
+        data = await asyncio.to_thread(path.read_bytes)
+        sha = hashlib.sha256(data).hexdigest()
+        if await db.photo_face(store_id, sha) is not None:
+            report.already += 1
+            return
+        try:
+            analysis = await pool.analyze(data)
+        except StorefaceError as exc:
+            report.skipped.append((str(path), exc.code))
+            return
+        faces = analysis.faces
+        if not faces:
+            report.skipped.append((str(path), "no_face"))
+            return
+        if len(faces) > 1 and not largest:
+            report.skipped.append((str(path), "multiple_faces"))
+            return
+        if faces[0].size < min_size:
+            report.skipped.append((str(path), "face_too_small"))
+            return
+        async with person_locks[person]:  # the person's first photo makes the FaceId
+            face_id = await db.gallery_face(store_id, person)
+            created = face_id is None
+            if face_id is None:
+                face_id = await db.new_face_id()
+            result = await db.add_vector(store_id, face_id, faces[0].embedding,
+                                         embedder=info.name, kind="gallery", label=person,
+                                         photo_sha=sha, create=created)
+            if created:
+                await db.set_gallery_face(store_id, person, face_id)
+        if result.duplicate:
+            report.already += 1
+            return
+        report.added += 1
+        report.faces[person] = face_id
+        if on_added:
+            on_added(result.vec_id, face_id, faces[0].embedding)
+
+    await asyncio.gather(*(one(person, p) for person, ps in people.items() for p in ps))
+    return report

@@ -1,0 +1,176 @@
+"""What a shard node does, as plain functions over its replica, pool and FaceDB."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from shard_node.faces.base import Face
+from shard_node.faces.pool import FacePool
+from shard_node.index import Match as IndexMatch
+from shard_node.replica import Replica
+from storeface import wire
+from storeface.errors import FaceNotFound, FaceTooSmall, MultipleFaces, NoFace, NotReady
+from storeface.facedb import FaceDB
+from storeface.stores import StoreConfig
+
+
+@dataclass
+class ShardState:
+    """Everything a shard node holds, opened in the lifespan."""
+
+    store: StoreConfig
+    replica: Replica
+    pool: FacePool
+    db: FaceDB
+    threshold: float
+    register_lock_s: float = 5.0
+
+    def require_ready(self) -> None:
+        if not self.replica.loaded:
+            raise NotReady()
+
+
+async def _labelled(state: ShardState, rows: list[list[IndexMatch]]) -> list[list[wire.Match]]:
+    """Attach labels; drops faces erased in Redis that this replica has not yet seen go."""
+    ids = list({m.face_id for row in rows for m in row})
+    records = await state.db.get_faces(ids)
+    return [
+        [wire.Match(face_id=m.face_id, distance=round(m.distance, 6),
+                    label=records[m.face_id].label)
+         for m in row if m.face_id in records]
+        for row in rows
+    ]
+
+
+def _face_wire(face: Face, matches: list[wire.Match]) -> wire.ShardFace:
+    x, y, w, h = face.box
+    return wire.ShardFace(
+        box=wire.Box(x=x, y=y, w=w, h=h),
+        quality=wire.Quality(size=face.size, blur=round(face.blur, 2), score=round(face.score, 4)),
+        landmarks=face.landmarks,
+        embedding=[float(v) for v in face.embedding],
+        matches=matches,
+    )
+
+
+async def identify(state: ShardState, image: bytes, top_k: int) -> wire.IdentifyResponse:
+    """Every face in the image, largest first, with its nearest FaceIds in this store."""
+    state.require_ready()
+    t0 = time.perf_counter()
+    analysis = await state.pool.analyze(image)
+    t1 = time.perf_counter()
+    timings = dict(analysis.timings)
+    rows: list[list[wire.Match]] = []
+    if analysis.faces:
+        found = state.replica.index.search(np.vstack([f.embedding for f in analysis.faces]), top_k)
+        rows = await _labelled(state, found)
+    timings["pool_ms"] = (t1 - t0) * 1000
+    timings["search_ms"] = (time.perf_counter() - t1) * 1000
+    return wire.IdentifyResponse(
+        store_id=state.store.id, embedder=state.replica.info.name, threshold=state.threshold,
+        width=analysis.width, height=analysis.height,
+        faces=[_face_wire(f, m) for f, m in zip(analysis.faces, rows, strict=True)],
+        timings={k: round(v, 3) for k, v in timings.items()},
+    )
+
+
+async def search(state: ShardState, req: wire.SearchRequest) -> wire.SearchResponse:
+    """Top-k FaceIds for embeddings: the gateway's cheap cross-store fan-out."""
+    state.require_ready()
+    t0 = time.perf_counter()
+    found = state.replica.index.search(np.asarray(req.embeddings, dtype=np.float32), req.top_k)
+    rows = await _labelled(state, found)
+    return wire.SearchResponse(store_id=state.store.id, embedder=state.replica.info.name,
+                               results=rows, search_ms=round((time.perf_counter() - t0) * 1000, 3))
+
+
+def _enrollable(faces: list[Face], min_size: int, largest: bool) -> Face:
+    if not faces:
+        raise NoFace()
+    if len(faces) > 1 and not largest:
+        raise MultipleFaces(faces=len(faces))
+    face = faces[0]  # largest first
+    if face.size < min_size:
+        raise FaceTooSmall(f"the face is {face.size}px; enrollment needs {min_size}px",
+                           size=face.size, min_size=min_size)
+    return face
+
+
+async def enroll_image(
+    state: ShardState, image: bytes, *, face_id: int | None, label: str, member_id: str,
+    kind: str, largest: bool = False,
+) -> wire.EnrollResponse:
+    """Enroll the one face of a photo; the same photo twice is a no-op (by content hash)."""
+    state.require_ready()
+    photo_sha = hashlib.sha256(image).hexdigest()
+    known = await state.db.photo_face(state.store.id, photo_sha)
+    if known is not None:
+        return wire.EnrollResponse(face_id=known, vec_id=0, created=False, duplicate=True)
+    analysis = await state.pool.analyze(image)
+    face = _enrollable(analysis.faces, state.store.min_face_size, largest)
+    return await _store(state, face.embedding, face_id=face_id, label=label,
+                        member_id=member_id, kind=kind, photo_sha=photo_sha)
+
+
+async def enroll_embedding(state: ShardState, req: wire.EnrollEmbeddingRequest
+                           ) -> wire.EnrollResponse:
+    """Enroll a ready embedding; with `register_threshold`, register only if nobody is close."""
+    state.require_ready()
+    vec = state.replica.index.prepare(np.asarray(req.embedding, dtype=np.float32))[0]
+    if req.register_threshold is None or req.face_id is not None:
+        return await _store(state, vec, face_id=req.face_id, label=req.label,
+                            member_id=req.member_id, kind=req.kind)
+    # Two cameras (or gateways) may see the same new person at once: one FaceId, not two.
+    lock = state.db.redis.lock(f"lock:register:{state.store.id}", timeout=state.register_lock_s,
+                               blocking_timeout=state.register_lock_s * 2)
+    async with lock:
+        await state.replica.catch_up()
+        found = state.replica.index.search(vec[None, :], 1)[0]
+        rows = await _labelled(state, [found])
+        if rows[0] and rows[0][0].distance <= req.register_threshold:
+            best = rows[0][0]
+            return wire.EnrollResponse(face_id=best.face_id, vec_id=0, created=False,
+                                       distance=best.distance)
+        return await _store(state, vec, face_id=None, label=req.label,
+                            member_id=req.member_id, kind=req.kind)
+
+
+async def _store(state: ShardState, vec: np.ndarray, *, face_id: int | None, label: str,
+                 member_id: str, kind: str, photo_sha: str = "") -> wire.EnrollResponse:
+    created = face_id is None
+    if face_id is None:
+        face_id = await state.db.new_face_id()
+    vec = state.replica.index.prepare(vec)[0]
+    result = await state.db.add_vector(
+        state.store.id, face_id, vec, embedder=state.replica.info.name, kind=kind, label=label,
+        member_id=member_id, photo_sha=photo_sha, create=created,
+    )
+    if result.duplicate:
+        return wire.EnrollResponse(face_id=result.face_id, vec_id=0, created=False,
+                                   duplicate=True)
+    # Acknowledged by Redis (AOF on); now searchable here at once, elsewhere via the feed.
+    state.replica.apply_local_add(result.vec_id, face_id, vec)
+    return wire.EnrollResponse(face_id=face_id, vec_id=result.vec_id, created=created)
+
+
+async def erase(state: ShardState, face_id: int) -> wire.EraseResponse:
+    """Erase a person from Redis (all stores) and from this replica at once."""
+    result = await state.db.erase_face(face_id)
+    state.replica.index.remove_face(face_id)
+    if not result.existed:
+        raise FaceNotFound(face_id=face_id)
+    return wire.EraseResponse(face_id=face_id, erased=True, stores=result.stores)
+
+
+def info(state: ShardState) -> wire.InfoResponse:
+    r = state.replica
+    return wire.InfoResponse(
+        store_id=state.store.id, embedder=r.info.name, dim=r.info.dim, metric=r.info.metric,
+        threshold=state.threshold, threshold_note=r.info.threshold_note,
+        faces=r.index.face_count, vectors=len(r.index), index=r.index.kind,
+        nprobe=r.index.nprobe, feed_position=r.position,
+    )

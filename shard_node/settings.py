@@ -1,0 +1,29 @@
+"""Shard node settings, from the environment (STOREFACE_*) and the store's stores.yaml entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ShardSettings(BaseSettings):
+    """One replica of one store."""
+
+    model_config = SettingsConfigDict(env_prefix="STOREFACE_", extra="ignore")
+
+    store_id: str
+    stores_file: Path = Path("config/stores.yaml")
+    redis_url: str = "redis://127.0.0.1:6380/0"
+    replica_name: str = ""
+    snapshot_dir: Path | None = Path(".data/snapshots")
+    snapshot_interval_s: float = 30.0
+    workers: int = 0  # face-pipeline processes; 0 = one per core
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_side: int = 1600
+    max_faces: int = 10
+    ivf_threshold: int = 50_000
+    feed_block_ms: int = 500
+    register_lock_s: float = 5.0
+    models_dir: Path = Path("../shared/models")

@@ -1,0 +1,1 @@
+"""Storeface: code shared by the shard node, the gateway and the CLI."""

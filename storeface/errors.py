@@ -1,0 +1,171 @@
+"""The exception hierarchy: every error a client can cause has a stable code and HTTP status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StorefaceError(Exception):
+    """Base of every Storeface error; `code` is stable, `message` is for humans."""
+
+    status_code = 500
+    code = "internal_error"
+    default_message = "internal error"
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message = message or self.default_message
+        self.details = details
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+# --- 400: the request itself is wrong ---------------------------------------------------
+
+
+class BadRequest(StorefaceError):
+    status_code = 400
+    code = "bad_request"
+    default_message = "bad request"
+
+
+class InvalidRequest(BadRequest):
+    status_code = 422
+    code = "invalid_request"
+    default_message = "the request is missing fields or has invalid ones"
+
+
+class ImageError(BadRequest):
+    """Something is wrong with the uploaded image."""
+
+
+class NotAnImage(ImageError):
+    status_code = 415
+    code = "not_an_image"
+    default_message = "the upload is not an image in a supported format"
+
+
+class TruncatedImage(ImageError):
+    code = "truncated_image"
+    default_message = "the image is truncated or corrupt"
+
+
+class EmptyImage(ImageError):
+    code = "empty_image"
+    default_message = "the image is empty"
+
+
+class ImageTooLarge(ImageError):
+    status_code = 413
+    code = "image_too_large"
+    default_message = "the image file is larger than the limit"
+
+
+class DecompressionBomb(ImageError):
+    status_code = 413
+    code = "decompression_bomb"
+    default_message = "the image has more pixels than the limit"
+
+
+class FaceError(BadRequest):
+    status_code = 422
+
+
+class NoFace(FaceError):
+    code = "no_face"
+    default_message = "no face was found in the image"
+
+
+class MultipleFaces(FaceError):
+    code = "multiple_faces"
+    default_message = "enrollment needs exactly one face; the image has several"
+
+
+class FaceTooSmall(FaceError):
+    code = "face_too_small"
+    default_message = "the face is too small or too blurred to enroll"
+
+
+class EmbeddingInvalid(BadRequest):
+    status_code = 422
+    code = "invalid_embedding"
+    default_message = "the embedding has the wrong dimension or is not finite"
+
+
+# --- 401/403: access ---------------------------------------------------------------------
+
+
+class Unauthorized(StorefaceError):
+    status_code = 401
+    code = "unauthorized"
+    default_message = "a valid X-API-Key header is required"
+
+
+class Forbidden(StorefaceError):
+    status_code = 403
+    code = "forbidden"
+    default_message = "this API key may not do that"
+
+
+# --- 404/409: state ----------------------------------------------------------------------
+
+
+class NotFound(StorefaceError):
+    status_code = 404
+    code = "not_found"
+    default_message = "not found"
+
+
+class UnknownStore(NotFound):
+    code = "unknown_store"
+    default_message = "no such store"
+
+
+class FaceNotFound(NotFound):
+    code = "face_not_found"
+    default_message = "no such face"
+
+
+class MemberNotBound(NotFound):
+    code = "member_not_bound"
+    default_message = "this face has no member bound"
+
+
+class Conflict(StorefaceError):
+    status_code = 409
+    code = "conflict"
+    default_message = "conflict"
+
+
+class EmbedderMismatch(Conflict):
+    code = "embedder_mismatch"
+    default_message = "the store's index was built with another embedder"
+
+
+# --- 5xx: our side -------------------------------------------------------------------------
+
+
+class ServiceUnavailable(StorefaceError):
+    status_code = 503
+    code = "unavailable"
+    default_message = "the service is not ready"
+
+
+class NotReady(ServiceUnavailable):
+    code = "not_ready"
+    default_message = "the index is still loading"
+
+
+class ShardUnavailable(ServiceUnavailable):
+    code = "shard_unavailable"
+    default_message = "the store's shard did not answer"
+
+
+class ConfigError(StorefaceError):
+    """A configuration file is invalid; raised at start-up, never to a client."""
+
+    code = "config_error"

@@ -1,0 +1,341 @@
+"""Faces in Redis, the source of truth: records, vectors, members and each store's change feed.
+
+Every write that touches a store's vectors also appends to that store's feed in the same
+Lua script, with a per-store sequence number (`gen`), so a replica that sees a gap in the
+sequence knows it missed something and rebuilds instead of drifting.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from redis.asyncio import Redis
+
+from storeface.errors import FaceNotFound, MemberNotBound
+
+FEED_MAXLEN = 1_000_000
+
+_ADD_VECTOR = """
+-- KEYS: seq:vec, face:{fid}, face:{fid}:vecs, store:{sid}:vec, store:{sid}:feed,
+--       store:{sid}:gen, store:{sid}:photo, face:{fid}:photos, face:{fid}:stores
+-- ARGV: fid, sid, emb, photo_sha, now, kind, label, member_id, maxlen, embedder, create
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  if ARGV[11] ~= '1' then return redis.error_reply('FACE_NOT_FOUND') end
+  redis.call('HSET', KEYS[2], 'kind', ARGV[6], 'home_store', ARGV[2], 'label', ARGV[7],
+             'member_id', ARGV[8], 'created', ARGV[5], 'last_seen', ARGV[5],
+             'embedder', ARGV[10])
+end
+if ARGV[4] ~= '' then
+  local known = redis.call('HGET', KEYS[7], ARGV[4])
+  if known then return {0, 0, '', known} end
+end
+local vid = redis.call('INCR', KEYS[1])
+local gen = redis.call('INCR', KEYS[6])
+redis.call('HSET', KEYS[4], vid, ARGV[1] .. '|' .. ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[2] .. ':' .. vid)
+redis.call('SADD', KEYS[9], ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[7], ARGV[4], ARGV[1])
+  redis.call('SADD', KEYS[8], ARGV[2] .. ':' .. ARGV[4])
+end
+local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*',
+                      'op', 'add', 'gen', gen, 'vid', vid, 'fid', ARGV[1], 'emb', ARGV[3])
+return {vid, gen, id, ARGV[1]}
+"""
+
+_ERASE_FACE = """
+-- KEYS: face:{fid}, face:{fid}:vecs, face:{fid}:photos, face:{fid}:stores
+-- ARGV: fid, maxlen
+local existed = redis.call('EXISTS', KEYS[1])
+for _, entry in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local sid, vid = string.match(entry, '^(.*):(%d+)$')
+  redis.call('HDEL', 'store:' .. sid .. ':vec', vid)
+end
+for _, entry in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local sid, sha = string.match(entry, '^(.*):([^:]+)$')
+  redis.call('HDEL', 'store:' .. sid .. ':photo', sha)
+end
+local stores = redis.call('SMEMBERS', KEYS[4])
+for _, sid in ipairs(stores) do
+  local gen = redis.call('INCR', 'store:' .. sid .. ':gen')
+  redis.call('XADD', 'store:' .. sid .. ':feed', 'MAXLEN', '~', ARGV[2], '*',
+             'op', 'remove', 'gen', gen, 'fid', ARGV[1])
+end
+local label = redis.call('HGET', KEYS[1], 'label')
+if label and label ~= '' then
+  for _, sid in ipairs(stores) do
+    if redis.call('HGET', 'store:' .. sid .. ':gallery', label) == ARGV[1] then
+      redis.call('HDEL', 'store:' .. sid .. ':gallery', label)
+    end
+  end
+end
+local member = redis.call('HGET', KEYS[1], 'member_id')
+if member and member ~= '' then redis.call('DEL', 'member:' .. member) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return {existed, stores}
+"""
+
+
+@dataclass
+class FaceRecord:
+    """What the chain knows about one person (never the photo)."""
+
+    face_id: int
+    kind: str
+    home_store: str
+    label: str = ""
+    member_id: str = ""
+    created: float = 0.0
+    last_seen: float = 0.0
+    embedder: str = ""
+
+
+@dataclass
+class FeedEvent:
+    """One entry of a store's change feed."""
+
+    id: str
+    op: str
+    gen: int
+    face_id: int
+    vec_id: int = 0
+    embedding: bytes = b""
+
+
+@dataclass
+class AddResult:
+    face_id: int
+    vec_id: int
+    gen: int
+    feed_id: str
+    duplicate: bool = False  # this photo was already ingested; nothing was added
+
+
+@dataclass
+class EraseResult:
+    existed: bool
+    stores: list[str] = field(default_factory=list)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class FaceDB:
+    """The Redis data model; one instance per process, sharing the Redis client's pool."""
+
+    def __init__(self, redis: Redis, feed_maxlen: int = FEED_MAXLEN) -> None:
+        # redis-py's stubs type replies as str | bytes | list | ...; we decode explicitly.
+        self.redis: Any = redis
+        self.feed_maxlen = feed_maxlen
+        self._add = redis.register_script(_ADD_VECTOR)
+        self._erase = redis.register_script(_ERASE_FACE)
+        # HSET alone would resurrect an erased face as an empty record.
+        self._touch = redis.register_script(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then "
+            "redis.call('HSET', KEYS[1], 'last_seen', ARGV[1]) end return 0"
+        )
+
+    # --- ids -----------------------------------------------------------------------------
+
+    async def new_face_id(self) -> int:
+        """A chain-wide FaceId: never reused, int64-safe."""
+        return int(await self.redis.incr("seq:face"))
+
+    # --- store meta ----------------------------------------------------------------------
+
+    async def claim_embedder(self, store_id: str, embedder: str) -> str:
+        """Record the store's embedder on first use; returns the one recorded."""
+        key = f"store:{store_id}:meta"
+        await self.redis.hsetnx(key, "embedder", embedder)
+        return _s(await self.redis.hget(key, "embedder"))
+
+    # --- vectors -------------------------------------------------------------------------
+
+    async def add_vector(
+        self,
+        store_id: str,
+        face_id: int,
+        embedding: np.ndarray,
+        *,
+        embedder: str,
+        kind: str = "gallery",
+        label: str = "",
+        member_id: str = "",
+        photo_sha: str = "",
+        create: bool = True,
+    ) -> AddResult:
+        """Store one embedding of a face in a store and announce it on the store's feed."""
+        emb = np.asarray(embedding, dtype=np.float32).tobytes()
+        keys = ["seq:vec", f"face:{face_id}", f"face:{face_id}:vecs", f"store:{store_id}:vec",
+                f"store:{store_id}:feed", f"store:{store_id}:gen", f"store:{store_id}:photo",
+                f"face:{face_id}:photos", f"face:{face_id}:stores"]
+        args: list[bytes | str | int] = [
+            face_id, store_id, emb, photo_sha, f"{time.time():.3f}", kind, label, member_id,
+            self.feed_maxlen, embedder, "1" if create else "0",
+        ]
+        try:
+            vid, gen, feed_id, fid = await self._add(keys=keys, args=args)
+        except Exception as exc:
+            if "FACE_NOT_FOUND" in str(exc):
+                raise FaceNotFound(face_id=face_id) from exc
+            raise
+        return AddResult(face_id=int(fid), vec_id=int(vid), gen=int(gen), feed_id=_s(feed_id),
+                         duplicate=int(vid) == 0)
+
+    async def photo_face(self, store_id: str, photo_sha: str) -> int | None:
+        raw = await self.redis.hget(f"store:{store_id}:photo", photo_sha)
+        return int(raw) if raw else None
+
+    async def scan_vectors(
+        self, store_id: str, batch: int = 5000
+    ) -> AsyncIterator[tuple[list[int], list[int], np.ndarray]]:
+        """Yield (vec_ids, face_ids, embeddings) batches of every vector of a store."""
+        cursor = 0
+        while True:
+            cursor, chunk = await self.redis.hscan(f"store:{store_id}:vec", cursor, count=batch)
+            if chunk:
+                vids, fids, embs = [], [], []
+                for vid, raw in chunk.items():
+                    fid, _, emb = raw.partition(b"|")
+                    vids.append(int(vid))
+                    fids.append(int(fid))
+                    embs.append(np.frombuffer(emb, dtype=np.float32))
+                yield vids, fids, np.vstack(embs)
+            if cursor == 0:
+                return
+
+    async def gallery_face(self, store_id: str, label: str) -> int | None:
+        """The FaceId a store's gallery gave this person's folder, if any."""
+        raw = await self.redis.hget(f"store:{store_id}:gallery", label)
+        return int(raw) if raw else None
+
+    async def set_gallery_face(self, store_id: str, label: str, face_id: int) -> None:
+        await self.redis.hset(f"store:{store_id}:gallery", label, face_id)
+
+    async def vector_count(self, store_id: str) -> int:
+        return int(await self.redis.hlen(f"store:{store_id}:vec"))
+
+    # --- feed ----------------------------------------------------------------------------
+
+    async def feed_head(self, store_id: str) -> tuple[str, int]:
+        """The feed's last entry id and the store's sequence number, read atomically."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xrevrange(f"store:{store_id}:feed", "+", "-", count=1)
+            pipe.get(f"store:{store_id}:gen")
+            last, gen = await pipe.execute()
+        return (_s(last[0][0]) if last else "0-0"), int(gen or 0)
+
+    async def read_feed(self, store_id: str, after: str, count: int = 1000,
+                        block_ms: int | None = None) -> list[FeedEvent]:
+        """Feed entries after `after`; blocks up to `block_ms` for new ones if asked."""
+        key = f"store:{store_id}:feed"
+        if block_ms is None:
+            entries = await self.redis.xrange(key, f"({after}" if after != "0-0" else "-",
+                                              "+", count=count)
+        else:
+            streams = await self.redis.xread({key: after}, count=count, block=block_ms)
+            entries = streams[0][1] if streams else []
+        events = []
+        for eid, fields in entries:
+            f = {_s(k): v for k, v in fields.items()}
+            events.append(FeedEvent(
+                id=_s(eid), op=_s(f["op"]), gen=int(f["gen"]), face_id=int(f["fid"]),
+                vec_id=int(f.get("vid", 0)), embedding=f.get("emb", b""),
+            ))
+        return events
+
+    # --- faces ---------------------------------------------------------------------------
+
+    async def get_face(self, face_id: int) -> FaceRecord | None:
+        raw = await self.redis.hgetall(f"face:{face_id}")
+        if not raw:
+            return None
+        return self._record(face_id, raw)
+
+    async def get_faces(self, face_ids: list[int]) -> dict[int, FaceRecord]:
+        """Records of several faces in one round trip; erased faces are simply absent."""
+        if not face_ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for fid in face_ids:
+                pipe.hgetall(f"face:{fid}")
+            rows = await pipe.execute()
+        return {fid: self._record(fid, raw) for fid, raw in zip(face_ids, rows, strict=True)
+                if raw}
+
+    @staticmethod
+    def _record(face_id: int, raw: dict[Any, Any]) -> FaceRecord:
+        r = {_s(k): _s(v) for k, v in raw.items()}
+        return FaceRecord(
+            face_id=face_id, kind=r.get("kind", ""), home_store=r.get("home_store", ""),
+            label=r.get("label", ""), member_id=r.get("member_id", ""),
+            created=float(r.get("created") or 0), last_seen=float(r.get("last_seen") or 0),
+            embedder=r.get("embedder", ""),
+        )
+
+    async def face_stores(self, face_id: int) -> list[str]:
+        return sorted(_s(s) for s in await self.redis.smembers(f"face:{face_id}:stores"))
+
+    async def erase_face(self, face_id: int) -> EraseResult:
+        """Erase a person everywhere: every vector in every store, photo hashes, member."""
+        keys = [f"face:{face_id}", f"face:{face_id}:vecs", f"face:{face_id}:photos",
+                f"face:{face_id}:stores"]
+        existed, stores = await self._erase(keys=keys, args=[face_id, self.feed_maxlen])
+        return EraseResult(existed=bool(existed), stores=sorted(_s(s) for s in stores))
+
+    # --- members -------------------------------------------------------------------------
+
+    async def bind_member(self, face_id: int, member_id: str, profile: dict[str, Any]) -> None:
+        """Bind a member id (and profile) to a face; a member has one face at a time."""
+        record = await self.get_face(face_id)
+        if record is None:
+            raise FaceNotFound(face_id=face_id)
+        old_face = await self.redis.hget(f"member:{member_id}", "face_id")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if old_face and int(old_face) != face_id:
+                pipe.hset(f"face:{int(old_face)}", "member_id", "")
+            if record.member_id and record.member_id != member_id:
+                pipe.delete(f"member:{record.member_id}")
+            pipe.hset(f"face:{face_id}", mapping={"member_id": member_id, "kind": "member"})
+            pipe.delete(f"member:{member_id}")
+            pipe.hset(f"member:{member_id}",
+                      mapping={"face_id": face_id, "profile": json.dumps(profile)})
+            await pipe.execute()
+
+    async def unbind_member(self, face_id: int) -> str:
+        record = await self.get_face(face_id)
+        if record is None:
+            raise FaceNotFound(face_id=face_id)
+        if not record.member_id:
+            raise MemberNotBound(face_id=face_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(f"face:{face_id}", mapping={"member_id": "", "kind": "visitor"})
+            pipe.delete(f"member:{record.member_id}")
+            await pipe.execute()
+        return record.member_id
+
+    async def member_profiles(self, member_ids: list[str]) -> dict[str, dict[str, Any]]:
+        ids = [m for m in dict.fromkeys(member_ids) if m]
+        if not ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for mid in ids:
+                pipe.hget(f"member:{mid}", "profile")
+            rows = await pipe.execute()
+        return {mid: json.loads(raw) for mid, raw in zip(ids, rows, strict=True) if raw}
+
+    async def touch(self, face_ids: list[int], now: float | None = None) -> None:
+        """Update last_seen of faces that still exist."""
+        if not face_ids:
+            return
+        ts = f"{now or time.time():.3f}"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for fid in face_ids:
+                await self._touch(keys=[f"face:{fid}"], args=[ts], client=pipe)
+            await pipe.execute()

@@ -1,0 +1,46 @@
+"""Maps the exception hierarchy to JSON HTTP responses, in one place for both services."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from storeface.errors import StorefaceError
+
+log = logging.getLogger("storeface.http")
+
+
+def error_response(exc: StorefaceError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status_code, content={"error": exc.to_dict()})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as `{"error": {"code", "message", "details"?}}`."""
+
+    @app.exception_handler(StorefaceError)
+    async def _storeface(_: Request, exc: StorefaceError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.warning("%s: %s", exc.code, exc.message)
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        missing = [e for e in exc.errors() if e.get("type") == "missing"]
+        code = "missing_field" if missing else "invalid_request"
+        body = {"code": code, "message": "the request is missing fields or has invalid ones",
+                "details": {"errors": errors}}
+        return JSONResponse(status_code=422, content={"error": body})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = {"code": code, "message": str(exc.detail)}
+        return JSONResponse(status_code=exc.status_code, content={"error": body})

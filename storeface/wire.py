@@ -1,0 +1,112 @@
+"""Pydantic models of what crosses HTTP between cameras, the gateway and the shards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Box(BaseModel):
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+class Quality(BaseModel):
+    size: int = Field(description="shorter side of the face box, in pixels")
+    blur: float = Field(description="Laplacian variance of the face crop; low = blurred")
+    score: float = Field(description="detector confidence")
+
+
+class Match(BaseModel):
+    face_id: int
+    distance: float
+    label: str = ""
+
+
+class ShardFace(BaseModel):
+    box: Box
+    quality: Quality
+    landmarks: list[tuple[float, float]] = Field(default_factory=list)
+    embedding: list[float]
+    matches: list[Match]
+
+
+class IdentifyResponse(BaseModel):
+    store_id: str
+    embedder: str
+    threshold: float
+    width: int
+    height: int
+    faces: list[ShardFace]
+    timings: dict[str, float]
+
+
+class SearchRequest(BaseModel):
+    embeddings: list[list[float]] = Field(min_length=1, max_length=64)
+    top_k: int = Field(default=5, ge=1, le=100)
+
+
+class SearchResponse(BaseModel):
+    store_id: str
+    embedder: str
+    results: list[list[Match]]
+    search_ms: float
+
+
+class EnrollEmbeddingRequest(BaseModel):
+    embedding: list[float]
+    face_id: int | None = Field(default=None, ge=1)
+    label: str = Field(default="", max_length=200)
+    member_id: str = Field(default="", max_length=100)
+    kind: str = Field(default="gallery", pattern=r"^(gallery|visitor|member)$")
+    register_threshold: float | None = Field(
+        default=None, gt=0,
+        description="register only if no face lies within this distance (visitor dedupe)",
+    )
+
+
+class EnrollResponse(BaseModel):
+    face_id: int
+    vec_id: int
+    created: bool = Field(description="a new FaceId was made")
+    duplicate: bool = Field(default=False, description="this exact photo was already enrolled")
+    distance: float | None = Field(default=None,
+                                   description="when an existing face was returned instead")
+
+
+class EraseResponse(BaseModel):
+    face_id: int
+    erased: bool
+    stores: list[str] = Field(default_factory=list)
+
+
+class InfoResponse(BaseModel):
+    store_id: str
+    embedder: str
+    dim: int
+    metric: str
+    threshold: float
+    threshold_note: str
+    faces: int
+    vectors: int
+    index: str
+    nprobe: int
+    feed_position: str
+
+
+class HealthResponse(BaseModel):
+    status: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
