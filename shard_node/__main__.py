@@ -26,8 +26,9 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = ShardSettings(store_id=store)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
-                timeout_graceful_shutdown=5)
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5
+    )
 
 
 @cli.command()
@@ -64,9 +65,15 @@ def ingest(
             with Progress() as progress:
                 task = progress.add_task(f"ingesting into {cfg.id}", total=total)
                 report = await ingest_folder(
-                    db, pool, cfg.id, info, folder, largest=largest,
+                    db,
+                    pool,
+                    cfg.id,
+                    info,
+                    folder,
+                    largest=largest,
                     min_size=cfg.min_face_size,
-                    progress=lambda n: progress.advance(task, n))
+                    progress=lambda n: progress.advance(task, n),
+                )
         finally:
             pool.close()
             await redis.aclose()

@@ -41,13 +41,13 @@ async def enroll_image(
     largest: Annotated[bool, Form()] = False,
 ) -> wire.EnrollResponse:
     data = await read_upload(image, state.pool.limits.max_bytes)
-    return await service.enroll_image(state, data, face_id=face_id, label=label,
-                                      member_id=member_id, kind=kind, largest=largest)
+    return await service.enroll_image(
+        state, data, face_id=face_id, label=label, member_id=member_id, kind=kind, largest=largest
+    )
 
 
 @router.post("/v1/faces/embedding", response_model=wire.EnrollResponse, status_code=201)
-async def enroll_embedding(state: State, body: wire.EnrollEmbeddingRequest
-                           ) -> wire.EnrollResponse:
+async def enroll_embedding(state: State, body: wire.EnrollEmbeddingRequest) -> wire.EnrollResponse:
     return await service.enroll_embedding(state, body)
 
 
@@ -69,9 +69,12 @@ async def healthz() -> wire.HealthResponse:
 @router.get("/readyz", response_model=wire.HealthResponse)
 async def readyz(state: State) -> JSONResponse:
     r = state.replica
-    details = {"store_id": state.store.id, "loaded": r.loaded, "loaded_from": r.loaded_from,
-               "load_seconds": round(r.load_seconds, 3), "vectors": len(r.index)}
+    details = {
+        "store_id": state.store.id,
+        "loaded": r.loaded,
+        "loaded_from": r.loaded_from,
+        "load_seconds": round(r.load_seconds, 3),
+        "vectors": len(r.index),
+    }
     body = wire.HealthResponse(status="ready" if r.loaded else "loading", details=details)
     return JSONResponse(status_code=200 if r.loaded else 503, content=body.model_dump())
-
-

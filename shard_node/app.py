@@ -57,19 +57,37 @@ def create_app(settings: ShardSettings, store: StoreConfig | None = None) -> Fas
         if recorded != info.name:
             await redis.aclose()
             raise EmbedderMismatch(
-                f"store {store.id} holds {recorded} embeddings; this node runs {info.name}")
-        pool = FacePool(store.embedder, options, workers=settings.workers or None,
-                        limits=ImageLimits(settings.max_image_bytes, settings.max_pixels,
-                                           settings.max_side),
-                        max_faces=settings.max_faces)
-        replica = Replica(store.id, info, db, settings.snapshot_dir,
-                          IndexPolicy(ivf_threshold=settings.ivf_threshold))
-        state = ShardState(store=store, replica=replica, pool=pool, db=db,
-                           threshold=store.threshold or info.threshold,
-                           register_lock_s=settings.register_lock_s)
+                f"store {store.id} holds {recorded} embeddings; this node runs {info.name}"
+            )
+        pool = FacePool(
+            store.embedder,
+            options,
+            workers=settings.workers or None,
+            limits=ImageLimits(settings.max_image_bytes, settings.max_pixels, settings.max_side),
+            max_faces=settings.max_faces,
+        )
+        replica = Replica(
+            store.id,
+            info,
+            db,
+            settings.snapshot_dir,
+            IndexPolicy(ivf_threshold=settings.ivf_threshold),
+        )
+        state = ShardState(
+            store=store,
+            replica=replica,
+            pool=pool,
+            db=db,
+            threshold=store.threshold or info.threshold,
+            register_lock_s=settings.register_lock_s,
+        )
         app.state.shard = state
-        Gauge("storeface_shard_vectors", "vectors in this replica's index", ["store"],
-              registry=registry).labels(store.id).set_function(lambda: len(replica.index))
+        Gauge(
+            "storeface_shard_vectors",
+            "vectors in this replica's index",
+            ["store"],
+            registry=registry,
+        ).labels(store.id).set_function(lambda: len(replica.index))
         tasks: list[asyncio.Task[object]] = []
 
         async def start() -> None:
@@ -105,9 +123,15 @@ async def _gallery_at_start(state: ShardState, folder: Path) -> None:
     if not await lock.acquire(blocking=False):
         return
     try:
-        report = await ingest_folder(state.db, state.pool, state.store.id, state.replica.info,
-                                     folder, min_size=state.store.min_face_size,
-                                     on_added=state.replica.apply_local_add)
+        report = await ingest_folder(
+            state.db,
+            state.pool,
+            state.store.id,
+            state.replica.info,
+            folder,
+            min_size=state.store.min_face_size,
+            on_added=state.replica.apply_local_add,
+        )
         log.info("%s: gallery %s: %s", state.store.id, folder, report.summary())
     except Exception:
         log.exception("%s: gallery ingest of %s failed", state.store.id, folder)

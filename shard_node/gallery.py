@@ -33,8 +33,10 @@ class IngestReport:
         for _, why in self.skipped:
             reasons[why] = reasons.get(why, 0) + 1
         why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none"
-        return (f"{self.people} people, {self.added} photos added, {self.already} already "
-                f"ingested, {len(self.skipped)} skipped ({why})")
+        return (
+            f"{self.people} people, {self.added} photos added, {self.already} already "
+            f"ingested, {len(self.skipped)} skipped ({why})"
+        )
 
 
 def photos_by_person(folder: Path) -> dict[str, list[Path]]:
@@ -47,8 +49,14 @@ def photos_by_person(folder: Path) -> dict[str, list[Path]]:
 
 
 async def ingest_folder(
-    db: FaceDB, pool: FacePool, store_id: str, info: EmbedderInfo, folder: Path, *,
-    largest: bool = False, min_size: int = 0,
+    db: FaceDB,
+    pool: FacePool,
+    store_id: str,
+    info: EmbedderInfo,
+    folder: Path,
+    *,
+    largest: bool = False,
+    min_size: int = 0,
     on_added: Callable[[int, int, np.ndarray], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> IngestReport:
@@ -92,9 +100,16 @@ async def ingest_folder(
             created = face_id is None
             if face_id is None:
                 face_id = await db.new_face_id()
-            result = await db.add_vector(store_id, face_id, faces[0].embedding,
-                                         embedder=info.name, kind="gallery", label=person,
-                                         photo_sha=sha, create=created)
+            result = await db.add_vector(
+                store_id,
+                face_id,
+                faces[0].embedding,
+                embedder=info.name,
+                kind="gallery",
+                label=person,
+                photo_sha=sha,
+                create=created,
+            )
             if created:
                 await db.set_gallery_face(store_id, person, face_id)
         if result.duplicate:

@@ -53,8 +53,9 @@ def _nlist_for(n: int) -> int:
 class StoreIndex:
     """Thread-safe index of one store's vectors; search answers distinct FaceIds, best first."""
 
-    def __init__(self, dim: int, metric: str, embedder: str,
-                 policy: IndexPolicy | None = None) -> None:
+    def __init__(
+        self, dim: int, metric: str, embedder: str, policy: IndexPolicy | None = None
+    ) -> None:
         if metric not in ("l2", "cosine"):
             raise ValueError(f"unknown metric {metric!r}")
         self.dim = dim
@@ -238,8 +239,13 @@ class StoreIndex:
                 self._index, self._kind, self._nprobe = new, kind, nprobe
                 self._trained_at = n
                 self._pending = None
-            log.info("rebuilt index: %s, %d vectors, nprobe=%d, %.1fs",
-                     kind, n, nprobe, time.perf_counter() - t0)
+            log.info(
+                "rebuilt index: %s, %d vectors, nprobe=%d, %.1fs",
+                kind,
+                n,
+                nprobe,
+                time.perf_counter() - t0,
+            )
         finally:
             with self._lock:
                 self._pending = None
@@ -249,8 +255,9 @@ class StoreIndex:
         n = len(ids)
         nlist = _nlist_for(n)
         metric = _faiss_metric(self.metric)
-        quantizer = faiss.IndexFlatIP(self.dim) if self.metric == "cosine" else faiss.IndexFlatL2(
-            self.dim)
+        quantizer = (
+            faiss.IndexFlatIP(self.dim) if self.metric == "cosine" else faiss.IndexFlatL2(self.dim)
+        )
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, metric)
         rng = np.random.default_rng(0)
         sample = min(n, nlist * self.policy.max_train_points_per_list)
@@ -259,8 +266,7 @@ class StoreIndex:
         ivf.nprobe = self._calibrate_nprobe(ivf, vecs, rng)
         return ivf, int(ivf.nprobe)
 
-    def _calibrate_nprobe(self, ivf: Any, vecs: np.ndarray,
-                          rng: np.random.Generator) -> int:
+    def _calibrate_nprobe(self, ivf: Any, vecs: np.ndarray, rng: np.random.Generator) -> int:
         """Smallest nprobe whose recall@1 against exact search reaches the target.
 
         Queries are stored vectors moved by noise of about half the typical nearest-
@@ -269,12 +275,16 @@ class StoreIndex:
         n = len(vecs)
         m = min(n, self.policy.calibration_queries)
         base = vecs[rng.choice(n, size=m, replace=False)]
-        exact = faiss.IndexFlatIP(self.dim) if self.metric == "cosine" else faiss.IndexFlatL2(
-            self.dim)
+        exact = (
+            faiss.IndexFlatIP(self.dim) if self.metric == "cosine" else faiss.IndexFlatL2(self.dim)
+        )
         exact.add(vecs)
         d_nn, _ = exact.search(base, 2)
-        nn = np.sqrt(np.maximum(d_nn[:, 1], 0)) if self.metric == "l2" else np.sqrt(
-            np.maximum(2 - 2 * d_nn[:, 1], 0))
+        nn = (
+            np.sqrt(np.maximum(d_nn[:, 1], 0))
+            if self.metric == "l2"
+            else np.sqrt(np.maximum(2 - 2 * d_nn[:, 1], 0))
+        )
         sigma = float(np.median(nn)) * 0.5 / math.sqrt(self.dim)
         queries = (base + rng.normal(0, sigma, base.shape)).astype(np.float32)
         if self.metric == "cosine":
@@ -302,9 +312,16 @@ class StoreIndex:
             faiss.write_index(self._index, str(tmp / "index.faiss"))
             vec_ids = np.fromiter(self._vec_face.keys(), dtype=np.int64)
             face_ids = np.fromiter(self._vec_face.values(), dtype=np.int64)
-            info = {**meta, "embedder": self.embedder, "dim": self.dim, "metric": self.metric,
-                    "kind": self._kind, "nprobe": self._nprobe, "trained_at": self._trained_at,
-                    "count": len(vec_ids)}
+            info = {
+                **meta,
+                "embedder": self.embedder,
+                "dim": self.dim,
+                "metric": self.metric,
+                "kind": self._kind,
+                "nprobe": self._nprobe,
+                "trained_at": self._trained_at,
+                "count": len(vec_ids),
+            }
         np.save(tmp / "vec_ids.npy", vec_ids)
         np.save(tmp / "face_ids.npy", face_ids)
         (tmp / "meta.json").write_text(json.dumps(info))
@@ -314,8 +331,14 @@ class StoreIndex:
         tmp.rmdir()
 
     @classmethod
-    def load(cls, directory: Path, embedder: str, dim: int, metric: str,
-             policy: IndexPolicy | None = None) -> tuple[StoreIndex, dict[str, Any]] | None:
+    def load(
+        cls,
+        directory: Path,
+        embedder: str,
+        dim: int,
+        metric: str,
+        policy: IndexPolicy | None = None,
+    ) -> tuple[StoreIndex, dict[str, Any]] | None:
         """Load a snapshot if one exists and was made by this embedder; else None."""
         meta_path = directory / "meta.json"
         if not meta_path.exists():
@@ -323,7 +346,10 @@ class StoreIndex:
         try:
             meta = json.loads(meta_path.read_text())
             if (meta.get("embedder"), meta.get("dim"), meta.get("metric")) != (
-                    embedder, dim, metric):
+                embedder,
+                dim,
+                metric,
+            ):
                 log.warning("snapshot in %s is for another embedder; ignoring it", directory)
                 return None
             index = cls(dim, metric, embedder, policy)

@@ -23,8 +23,14 @@ class FeedGap(Exception):
 class Replica:
     """One store's index in this process, converging on the store's Redis feed."""
 
-    def __init__(self, store_id: str, info: EmbedderInfo, db: FaceDB,
-                 snapshot_dir: Path | None = None, policy: IndexPolicy | None = None) -> None:
+    def __init__(
+        self,
+        store_id: str,
+        info: EmbedderInfo,
+        db: FaceDB,
+        snapshot_dir: Path | None = None,
+        policy: IndexPolicy | None = None,
+    ) -> None:
         self.store_id = store_id
         self.info = info
         self.db = db
@@ -47,8 +53,14 @@ class Replica:
         t0 = time.perf_counter()
         snap = None
         if self.snapshot_dir is not None:
-            snap = await asyncio.to_thread(StoreIndex.load, self.snapshot_dir, self.info.name,
-                                           self.info.dim, self.info.metric, self.policy)
+            snap = await asyncio.to_thread(
+                StoreIndex.load,
+                self.snapshot_dir,
+                self.info.name,
+                self.info.dim,
+                self.info.metric,
+                self.policy,
+            )
         async with self._apply_lock:
             if snap is not None:
                 self.index, meta = snap
@@ -65,8 +77,14 @@ class Replica:
                 self.loaded_from = "redis"
         self.loaded = True
         self.load_seconds = time.perf_counter() - t0
-        log.info("%s: loaded %d vectors (%d faces) from %s in %.2fs", self.store_id,
-                 len(self.index), self.index.face_count, self.loaded_from, self.load_seconds)
+        log.info(
+            "%s: loaded %d vectors (%d faces) from %s in %.2fs",
+            self.store_id,
+            len(self.index),
+            self.index.face_count,
+            self.loaded_from,
+            self.load_seconds,
+        )
         self._maybe_reshape()
 
     async def _rebuild_from_redis_locked(self) -> None:
@@ -124,8 +142,9 @@ class Replica:
         """Follow the feed forever; every replica of the store converges within a second."""
         while True:
             try:
-                events = await self.db.read_feed(self.store_id, self.position, count=2000,
-                                                 block_ms=block_ms)
+                events = await self.db.read_feed(
+                    self.store_id, self.position, count=2000, block_ms=block_ms
+                )
                 if events:
                     async with self._apply_lock:
                         try:
@@ -147,10 +166,10 @@ class Replica:
         self._maybe_reshape()
 
     def _maybe_reshape(self) -> None:
-        if self.index.needs_rebuild() and (self._rebuild_task is None or
-                                           self._rebuild_task.done()):
+        if self.index.needs_rebuild() and (self._rebuild_task is None or self._rebuild_task.done()):
             self._rebuild_task = asyncio.get_running_loop().create_task(
-                asyncio.to_thread(self.index.rebuild))
+                asyncio.to_thread(self.index.rebuild)
+            )
 
     # --- snapshots -----------------------------------------------------------------------
 

@@ -39,9 +39,13 @@ async def _labelled(state: ShardState, rows: list[list[IndexMatch]]) -> list[lis
     ids = list({m.face_id for row in rows for m in row})
     records = await state.db.get_faces(ids)
     return [
-        [wire.Match(face_id=m.face_id, distance=round(m.distance, 6),
-                    label=records[m.face_id].label)
-         for m in row if m.face_id in records]
+        [
+            wire.Match(
+                face_id=m.face_id, distance=round(m.distance, 6), label=records[m.face_id].label
+            )
+            for m in row
+            if m.face_id in records
+        ]
         for row in rows
     ]
 
@@ -71,8 +75,11 @@ async def identify(state: ShardState, image: bytes, top_k: int) -> wire.Identify
     timings["pool_ms"] = (t1 - t0) * 1000
     timings["search_ms"] = (time.perf_counter() - t1) * 1000
     return wire.IdentifyResponse(
-        store_id=state.store.id, embedder=state.replica.info.name, threshold=state.threshold,
-        width=analysis.width, height=analysis.height,
+        store_id=state.store.id,
+        embedder=state.replica.info.name,
+        threshold=state.threshold,
+        width=analysis.width,
+        height=analysis.height,
         faces=[_face_wire(f, m) for f, m in zip(analysis.faces, rows, strict=True)],
         timings={k: round(v, 3) for k, v in timings.items()},
     )
@@ -84,8 +91,12 @@ async def search(state: ShardState, req: wire.SearchRequest) -> wire.SearchRespo
     t0 = time.perf_counter()
     found = state.replica.index.search(np.asarray(req.embeddings, dtype=np.float32), req.top_k)
     rows = await _labelled(state, found)
-    return wire.SearchResponse(store_id=state.store.id, embedder=state.replica.info.name,
-                               results=rows, search_ms=round((time.perf_counter() - t0) * 1000, 3))
+    return wire.SearchResponse(
+        store_id=state.store.id,
+        embedder=state.replica.info.name,
+        results=rows,
+        search_ms=round((time.perf_counter() - t0) * 1000, 3),
+    )
 
 
 def _enrollable(faces: list[Face], min_size: int, largest: bool) -> Face:
@@ -95,14 +106,23 @@ def _enrollable(faces: list[Face], min_size: int, largest: bool) -> Face:
         raise MultipleFaces(faces=len(faces))
     face = faces[0]  # largest first
     if face.size < min_size:
-        raise FaceTooSmall(f"the face is {face.size}px; enrollment needs {min_size}px",
-                           size=face.size, min_size=min_size)
+        raise FaceTooSmall(
+            f"the face is {face.size}px; enrollment needs {min_size}px",
+            size=face.size,
+            min_size=min_size,
+        )
     return face
 
 
 async def enroll_image(
-    state: ShardState, image: bytes, *, face_id: int | None, label: str, member_id: str,
-    kind: str, largest: bool = False,
+    state: ShardState,
+    image: bytes,
+    *,
+    face_id: int | None,
+    label: str,
+    member_id: str,
+    kind: str,
+    largest: bool = False,
 ) -> wire.EnrollResponse:
     """Enroll the one face of a photo; the same photo twice is a no-op (by content hash)."""
     state.require_ready()
@@ -112,46 +132,74 @@ async def enroll_image(
         return wire.EnrollResponse(face_id=known, vec_id=0, created=False, duplicate=True)
     analysis = await state.pool.analyze(image)
     face = _enrollable(analysis.faces, state.store.min_face_size, largest)
-    return await _store(state, face.embedding, face_id=face_id, label=label,
-                        member_id=member_id, kind=kind, photo_sha=photo_sha)
+    return await _store(
+        state,
+        face.embedding,
+        face_id=face_id,
+        label=label,
+        member_id=member_id,
+        kind=kind,
+        photo_sha=photo_sha,
+    )
 
 
-async def enroll_embedding(state: ShardState, req: wire.EnrollEmbeddingRequest
-                           ) -> wire.EnrollResponse:
+async def enroll_embedding(
+    state: ShardState, req: wire.EnrollEmbeddingRequest
+) -> wire.EnrollResponse:
     """Enroll a ready embedding; with `register_threshold`, register only if nobody is close."""
     state.require_ready()
     vec = state.replica.index.prepare(np.asarray(req.embedding, dtype=np.float32))[0]
     if req.register_threshold is None or req.face_id is not None:
-        return await _store(state, vec, face_id=req.face_id, label=req.label,
-                            member_id=req.member_id, kind=req.kind)
+        return await _store(
+            state, vec, face_id=req.face_id, label=req.label, member_id=req.member_id, kind=req.kind
+        )
     # Two cameras (or gateways) may see the same new person at once: one FaceId, not two.
-    lock = state.db.redis.lock(f"lock:register:{state.store.id}", timeout=state.register_lock_s,
-                               blocking_timeout=state.register_lock_s * 2)
+    lock = state.db.redis.lock(
+        f"lock:register:{state.store.id}",
+        timeout=state.register_lock_s,
+        blocking_timeout=state.register_lock_s * 2,
+    )
     async with lock:
         await state.replica.catch_up()
         found = state.replica.index.search(vec[None, :], 1)[0]
         rows = await _labelled(state, [found])
         if rows[0] and rows[0][0].distance <= req.register_threshold:
             best = rows[0][0]
-            return wire.EnrollResponse(face_id=best.face_id, vec_id=0, created=False,
-                                       distance=best.distance)
-        return await _store(state, vec, face_id=None, label=req.label,
-                            member_id=req.member_id, kind=req.kind)
+            return wire.EnrollResponse(
+                face_id=best.face_id, vec_id=0, created=False, distance=best.distance
+            )
+        return await _store(
+            state, vec, face_id=None, label=req.label, member_id=req.member_id, kind=req.kind
+        )
 
 
-async def _store(state: ShardState, vec: np.ndarray, *, face_id: int | None, label: str,
-                 member_id: str, kind: str, photo_sha: str = "") -> wire.EnrollResponse:
+async def _store(
+    state: ShardState,
+    vec: np.ndarray,
+    *,
+    face_id: int | None,
+    label: str,
+    member_id: str,
+    kind: str,
+    photo_sha: str = "",
+) -> wire.EnrollResponse:
     created = face_id is None
     if face_id is None:
         face_id = await state.db.new_face_id()
     vec = state.replica.index.prepare(vec)[0]
     result = await state.db.add_vector(
-        state.store.id, face_id, vec, embedder=state.replica.info.name, kind=kind, label=label,
-        member_id=member_id, photo_sha=photo_sha, create=created,
+        state.store.id,
+        face_id,
+        vec,
+        embedder=state.replica.info.name,
+        kind=kind,
+        label=label,
+        member_id=member_id,
+        photo_sha=photo_sha,
+        create=created,
     )
     if result.duplicate:
-        return wire.EnrollResponse(face_id=result.face_id, vec_id=0, created=False,
-                                   duplicate=True)
+        return wire.EnrollResponse(face_id=result.face_id, vec_id=0, created=False, duplicate=True)
     # Acknowledged by Redis (AOF on); now searchable here at once, elsewhere via the feed.
     state.replica.apply_local_add(result.vec_id, face_id, vec)
     return wire.EnrollResponse(face_id=face_id, vec_id=result.vec_id, created=created)
@@ -169,8 +217,15 @@ async def erase(state: ShardState, face_id: int) -> wire.EraseResponse:
 def info(state: ShardState) -> wire.InfoResponse:
     r = state.replica
     return wire.InfoResponse(
-        store_id=state.store.id, embedder=r.info.name, dim=r.info.dim, metric=r.info.metric,
-        threshold=state.threshold, threshold_note=r.info.threshold_note,
-        faces=r.index.face_count, vectors=len(r.index), index=r.index.kind,
-        nprobe=r.index.nprobe, feed_position=r.position,
+        store_id=state.store.id,
+        embedder=r.info.name,
+        dim=r.info.dim,
+        metric=r.info.metric,
+        threshold=state.threshold,
+        threshold_note=r.info.threshold_note,
+        faces=r.index.face_count,
+        vectors=len(r.index),
+        index=r.index.kind,
+        nprobe=r.index.nprobe,
+        feed_position=r.position,
     )

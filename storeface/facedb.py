@@ -172,12 +172,29 @@ class FaceDB:
     ) -> AddResult:
         """Store one embedding of a face in a store and announce it on the store's feed."""
         emb = np.asarray(embedding, dtype=np.float32).tobytes()
-        keys = ["seq:vec", f"face:{face_id}", f"face:{face_id}:vecs", f"store:{store_id}:vec",
-                f"store:{store_id}:feed", f"store:{store_id}:gen", f"store:{store_id}:photo",
-                f"face:{face_id}:photos", f"face:{face_id}:stores"]
+        keys = [
+            "seq:vec",
+            f"face:{face_id}",
+            f"face:{face_id}:vecs",
+            f"store:{store_id}:vec",
+            f"store:{store_id}:feed",
+            f"store:{store_id}:gen",
+            f"store:{store_id}:photo",
+            f"face:{face_id}:photos",
+            f"face:{face_id}:stores",
+        ]
         args: list[bytes | str | int] = [
-            face_id, store_id, emb, photo_sha, f"{time.time():.3f}", kind, label, member_id,
-            self.feed_maxlen, embedder, "1" if create else "0",
+            face_id,
+            store_id,
+            emb,
+            photo_sha,
+            f"{time.time():.3f}",
+            kind,
+            label,
+            member_id,
+            self.feed_maxlen,
+            embedder,
+            "1" if create else "0",
         ]
         try:
             vid, gen, feed_id, fid = await self._add(keys=keys, args=args)
@@ -185,8 +202,13 @@ class FaceDB:
             if "FACE_NOT_FOUND" in str(exc):
                 raise FaceNotFound(face_id=face_id) from exc
             raise
-        return AddResult(face_id=int(fid), vec_id=int(vid), gen=int(gen), feed_id=_s(feed_id),
-                         duplicate=int(vid) == 0)
+        return AddResult(
+            face_id=int(fid),
+            vec_id=int(vid),
+            gen=int(gen),
+            feed_id=_s(feed_id),
+            duplicate=int(vid) == 0,
+        )
 
     async def photo_face(self, store_id: str, photo_sha: str) -> int | None:
         raw = await self.redis.hget(f"store:{store_id}:photo", photo_sha)
@@ -231,23 +253,31 @@ class FaceDB:
             last, gen = await pipe.execute()
         return (_s(last[0][0]) if last else "0-0"), int(gen or 0)
 
-    async def read_feed(self, store_id: str, after: str, count: int = 1000,
-                        block_ms: int | None = None) -> list[FeedEvent]:
+    async def read_feed(
+        self, store_id: str, after: str, count: int = 1000, block_ms: int | None = None
+    ) -> list[FeedEvent]:
         """Feed entries after `after`; blocks up to `block_ms` for new ones if asked."""
         key = f"store:{store_id}:feed"
         if block_ms is None:
-            entries = await self.redis.xrange(key, f"({after}" if after != "0-0" else "-",
-                                              "+", count=count)
+            entries = await self.redis.xrange(
+                key, f"({after}" if after != "0-0" else "-", "+", count=count
+            )
         else:
             streams = await self.redis.xread({key: after}, count=count, block=block_ms)
             entries = streams[0][1] if streams else []
         events = []
         for eid, fields in entries:
             f = {_s(k): v for k, v in fields.items()}
-            events.append(FeedEvent(
-                id=_s(eid), op=_s(f["op"]), gen=int(f["gen"]), face_id=int(f["fid"]),
-                vec_id=int(f.get("vid", 0)), embedding=f.get("emb", b""),
-            ))
+            events.append(
+                FeedEvent(
+                    id=_s(eid),
+                    op=_s(f["op"]),
+                    gen=int(f["gen"]),
+                    face_id=int(f["fid"]),
+                    vec_id=int(f.get("vid", 0)),
+                    embedding=f.get("emb", b""),
+                )
+            )
         return events
 
     # --- faces ---------------------------------------------------------------------------
@@ -266,16 +296,19 @@ class FaceDB:
             for fid in face_ids:
                 pipe.hgetall(f"face:{fid}")
             rows = await pipe.execute()
-        return {fid: self._record(fid, raw) for fid, raw in zip(face_ids, rows, strict=True)
-                if raw}
+        return {fid: self._record(fid, raw) for fid, raw in zip(face_ids, rows, strict=True) if raw}
 
     @staticmethod
     def _record(face_id: int, raw: dict[Any, Any]) -> FaceRecord:
         r = {_s(k): _s(v) for k, v in raw.items()}
         return FaceRecord(
-            face_id=face_id, kind=r.get("kind", ""), home_store=r.get("home_store", ""),
-            label=r.get("label", ""), member_id=r.get("member_id", ""),
-            created=float(r.get("created") or 0), last_seen=float(r.get("last_seen") or 0),
+            face_id=face_id,
+            kind=r.get("kind", ""),
+            home_store=r.get("home_store", ""),
+            label=r.get("label", ""),
+            member_id=r.get("member_id", ""),
+            created=float(r.get("created") or 0),
+            last_seen=float(r.get("last_seen") or 0),
             embedder=r.get("embedder", ""),
         )
 
@@ -284,8 +317,12 @@ class FaceDB:
 
     async def erase_face(self, face_id: int) -> EraseResult:
         """Erase a person everywhere: every vector in every store, photo hashes, member."""
-        keys = [f"face:{face_id}", f"face:{face_id}:vecs", f"face:{face_id}:photos",
-                f"face:{face_id}:stores"]
+        keys = [
+            f"face:{face_id}",
+            f"face:{face_id}:vecs",
+            f"face:{face_id}:photos",
+            f"face:{face_id}:stores",
+        ]
         existed, stores = await self._erase(keys=keys, args=[face_id, self.feed_maxlen])
         return EraseResult(existed=bool(existed), stores=sorted(_s(s) for s in stores))
 
@@ -304,8 +341,9 @@ class FaceDB:
                 pipe.delete(f"member:{record.member_id}")
             pipe.hset(f"face:{face_id}", mapping={"member_id": member_id, "kind": "member"})
             pipe.delete(f"member:{member_id}")
-            pipe.hset(f"member:{member_id}",
-                      mapping={"face_id": face_id, "profile": json.dumps(profile)})
+            pipe.hset(
+                f"member:{member_id}", mapping={"face_id": face_id, "profile": json.dumps(profile)}
+            )
             await pipe.execute()
 
     async def unbind_member(self, face_id: int) -> str:

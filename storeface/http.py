@@ -35,8 +35,11 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         missing = [e for e in exc.errors() if e.get("type") == "missing"]
         code = "missing_field" if missing else "invalid_request"
-        body = {"code": code, "message": "the request is missing fields or has invalid ones",
-                "details": {"errors": errors}}
+        body = {
+            "code": code,
+            "message": "the request is missing fields or has invalid ones",
+            "details": {"errors": errors},
+        }
         return JSONResponse(status_code=422, content={"error": body})
 
     @app.exception_handler(StarletteHTTPException)

@@ -75,10 +75,12 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
     scale = 1.0
     if max(width, height) > limits.max_side:
         scale = limits.max_side / max(width, height)
-        img = img.resize((max(1, round(width * scale)), max(1, round(height * scale))),
-                         Image.Resampling.BILINEAR)
-    return DecodedImage(rgb=np.ascontiguousarray(np.asarray(img)), width=width, height=height,
-                        scale=scale)
+        img = img.resize(
+            (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR
+        )
+    return DecodedImage(
+        rgb=np.ascontiguousarray(np.asarray(img)), width=width, height=height, scale=scale
+    )
 
 
 def laplacian_variance(gray: np.ndarray) -> float:

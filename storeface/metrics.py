@@ -14,19 +14,24 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 def instrument(app: FastAPI, registry: CollectorRegistry, service: str) -> Histogram:
     """Time every request by route template and status; serve GET /metrics."""
     requests = Histogram(
-        "storeface_http_request_seconds", "HTTP request latency",
-        ["service", "method", "route", "status"], registry=registry, buckets=LATENCY_BUCKETS,
+        "storeface_http_request_seconds",
+        "HTTP request latency",
+        ["service", "method", "route", "status"],
+        registry=registry,
+        buckets=LATENCY_BUCKETS,
     )
 
     @app.middleware("http")
-    async def _timed(request: Request, call_next: Callable[[Request], Awaitable[Response]]
-                     ) -> Response:
+    async def _timed(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         t0 = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         requests.labels(service, request.method, path, str(response.status_code)).observe(
-            time.perf_counter() - t0)
+            time.perf_counter() - t0
+        )
         return response
 
     @app.get("/metrics", include_in_schema=False)

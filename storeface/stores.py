@@ -101,8 +101,9 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     for part in loc:
         if isinstance(node, yaml.MappingNode):
             nxt = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(
-                node.value):
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
             nxt = node.value[part]
         else:
             nxt = None

@@ -63,7 +63,8 @@ class EnrollEmbeddingRequest(BaseModel):
     member_id: str = Field(default="", max_length=100)
     kind: str = Field(default="gallery", pattern=r"^(gallery|visitor|member)$")
     register_threshold: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="register only if no face lies within this distance (visitor dedupe)",
     )
 
@@ -73,8 +74,9 @@ class EnrollResponse(BaseModel):
     vec_id: int
     created: bool = Field(description="a new FaceId was made")
     duplicate: bool = Field(default=False, description="this exact photo was already enrolled")
-    distance: float | None = Field(default=None,
-                                   description="when an existing face was returned instead")
+    distance: float | None = Field(
+        default=None, description="when an existing face was returned instead"
+    )
 
 
 class EraseResponse(BaseModel):

@@ -44,7 +44,10 @@ class DlibPipeline:
             shape = self._shapes(rgb, rect)
             out.append(
                 Detection(
-                    x=rect.left(), y=rect.top(), w=rect.width(), h=rect.height(),
+                    x=rect.left(),
+                    y=rect.top(),
+                    w=rect.width(),
+                    h=rect.height(),
                     score=float(score),
                     landmarks=[(float(p.x), float(p.y)) for p in shape.parts()],
                 )

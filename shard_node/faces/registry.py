@@ -11,8 +11,9 @@ from shard_node.faces.base import EmbedderInfo, FacePipeline
 def _dlib(options: dict[str, Any]) -> FacePipeline:
     from shard_node.faces.dlib_pipeline import DlibPipeline
 
-    return DlibPipeline(upsample=int(options.get("upsample", 1)),
-                        jitters=int(options.get("jitters", 1)))
+    return DlibPipeline(
+        upsample=int(options.get("upsample", 1)), jitters=int(options.get("jitters", 1))
+    )
 
 
 def _dlib_info(options: dict[str, Any]) -> EmbedderInfo:
@@ -21,14 +22,18 @@ def _dlib_info(options: dict[str, Any]) -> EmbedderInfo:
     return INFO
 
 
-_FACTORIES: dict[str, tuple[Callable[[dict[str, Any]], FacePipeline],
-                            Callable[[dict[str, Any]], EmbedderInfo]]] = {
+_FACTORIES: dict[
+    str, tuple[Callable[[dict[str, Any]], FacePipeline], Callable[[dict[str, Any]], EmbedderInfo]]
+] = {
     "dlib": (_dlib, _dlib_info),
 }
 
 
-def register(name: str, factory: Callable[[dict[str, Any]], FacePipeline],
-             info: Callable[[dict[str, Any]], EmbedderInfo]) -> None:
+def register(
+    name: str,
+    factory: Callable[[dict[str, Any]], FacePipeline],
+    info: Callable[[dict[str, Any]], EmbedderInfo],
+) -> None:
     _FACTORIES[name] = (factory, info)
 
 

@@ -1,0 +1,132 @@
+"""Labelled face folders (`<person>/<photo>`) embedded once and cached, for tests and benches."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FACES_DIR_ENV = "STOREFACE_FACES_DIR"
+MODELS_DIR_ENV = "STOREFACE_MODELS_DIR"
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def faces_dir() -> Path:
+    """Where the labelled photos are: $STOREFACE_FACES_DIR or ../shared/faces."""
+    return Path(os.environ.get(FACES_DIR_ENV, Path(__file__).parents[1] / "../shared/faces"))
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get(MODELS_DIR_ENV, Path(__file__).parents[1] / "../shared/models"))
+
+
+def list_photos(folder: Path) -> list[tuple[str, Path]]:
+    """(person, photo) pairs, sorted, for a `<person>/<photo>` folder."""
+    return [
+        (person.name, photo)
+        for person in sorted(p for p in folder.iterdir() if p.is_dir())
+        for photo in sorted(person.iterdir())
+        if photo.suffix.lower() in PHOTO_SUFFIXES
+    ]
+
+
+@dataclass
+class EmbeddedSet:
+    """One embedding per photo (the largest face); `ok` is False where no face was found."""
+
+    people: list[str]
+    paths: list[str]
+    embeddings: np.ndarray
+    ok: np.ndarray
+    ms_per_photo: np.ndarray
+
+    def select(self, mask: np.ndarray) -> EmbeddedSet:
+        idx = np.flatnonzero(mask)
+        return EmbeddedSet(
+            [self.people[i] for i in idx],
+            [self.paths[i] for i in idx],
+            self.embeddings[idx],
+            self.ok[idx],
+            self.ms_per_photo[idx],
+        )
+
+
+_worker: Any = None
+
+
+def _init(embedder: str, options: dict[str, Any]) -> None:
+    global _worker
+    from shard_node.faces.registry import make_pipeline
+
+    _worker = make_pipeline(embedder, options)
+
+
+def _embed_one(path: str) -> tuple[np.ndarray | None, float]:
+    import time
+
+    from shard_node.faces.pool import analyze_bytes
+    from storeface.images import ImageLimits
+
+    t0 = time.perf_counter()
+    analysis = analyze_bytes(_worker, Path(path).read_bytes(), ImageLimits(), max_faces=1)
+    ms = (time.perf_counter() - t0) * 1000
+    return (analysis.faces[0].embedding if analysis.faces else None), ms
+
+
+def embed_folder(
+    folder: Path,
+    embedder: str = "dlib",
+    options: dict[str, Any] | None = None,
+    workers: int | None = None,
+    cache_dir: Path | None = None,
+) -> EmbeddedSet:
+    """Embed every photo of a folder through the real pipeline, cached by content."""
+    from shard_node.faces.registry import embedder_info
+
+    options = dict(options or {})
+    info = embedder_info(embedder, options)
+    photos = list_photos(folder)
+    digest = hashlib.sha256()
+    for _, p in photos:
+        digest.update(str(p.relative_to(folder)).encode())
+        digest.update(str(p.stat().st_size).encode())
+    key = f"{embedder}-{info.dim}-{folder.name}-{digest.hexdigest()[:16]}.npz"
+    cache = (cache_dir or Path(__file__).parents[1] / ".cache" / "embeddings") / key
+    if cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        return EmbeddedSet(list(z["people"]), list(z["paths"]), z["embeddings"], z["ok"], z["ms"])
+    import multiprocessing
+
+    with ProcessPoolExecutor(
+        workers or os.cpu_count(),
+        initializer=_init,
+        initargs=(embedder, options),
+        mp_context=multiprocessing.get_context("spawn"),
+    ) as ex:
+        results = list(ex.map(_embed_one, [str(p) for _, p in photos], chunksize=4))
+    ok = np.array([e is not None for e, _ in results])
+    embs = np.vstack(
+        [e if e is not None else np.zeros(info.dim, np.float32) for e, _ in results]
+    ).astype(np.float32)
+    out = EmbeddedSet(
+        [n for n, _ in photos],
+        [str(p) for _, p in photos],
+        embs,
+        ok,
+        np.array([ms for _, ms in results]),
+    )
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        cache,
+        people=np.array(out.people),
+        paths=np.array(out.paths),
+        embeddings=out.embeddings,
+        ok=out.ok,
+        ms=out.ms_per_photo,
+    )
+    return out
