@@ -187,26 +187,37 @@ class StoreIndex:
 
     def needs_rebuild(self) -> bool:
         n = len(self)
-        if self._kind == "flat":
-            return n >= self.policy.ivf_threshold
-        return n >= self._trained_at * self.policy.retrain_growth or (
-            n < self.policy.ivf_threshold // 2
-        )
+        if n < self.policy.ivf_threshold:
+            return self._kind == "ivf" and n < self.policy.ivf_threshold // 2
+        if self._trained_at == 0:
+            return True
+        return n >= self._trained_at * self.policy.retrain_growth
 
     def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored (id, vector), read straight out of faiss's own arrays."""
         with self._lock:
-            ids = np.fromiter(self._vec_face.keys(), dtype=np.int64, count=len(self._vec_face))
-            if len(ids) == 0:
-                return ids, np.zeros((0, self.dim), dtype=np.float32)
-            if self._kind == "ivf":
-                self._index.make_direct_map(True)
-                try:
-                    vecs = np.vstack([self._index.reconstruct(int(i)) for i in ids])
-                finally:
-                    self._index.make_direct_map(False)
-                return ids, vecs.astype(np.float32)
-            vecs = np.vstack([self._index.reconstruct(int(i)) for i in ids])
-            return ids, vecs.astype(np.float32)
+            index = self._index
+            if index.ntotal == 0:
+                return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+            if self._kind == "flat":
+                ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+                flat = faiss.downcast_index(index.index)
+                xb = faiss.vector_to_array(flat.codes).view(np.float32)
+                return ids, xb.reshape(-1, self.dim).copy()
+            invlists = index.invlists
+            id_parts, vec_parts = [], []
+            for lst in range(invlists.nlist):
+                size = invlists.list_size(lst)
+                if size == 0:
+                    continue
+                id_parts.append(
+                    np.array(faiss.rev_swig_ptr(invlists.get_ids(lst), size), dtype=np.int64)
+                )
+                codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * self.dim * 4)
+                vec_parts.append(
+                    np.frombuffer(bytes(codes), dtype=np.float32).reshape(size, self.dim)
+                )
+            return np.concatenate(id_parts), np.vstack(vec_parts)
 
     def rebuild(self) -> None:
         """Re-shape the index for its size: IVF (trained, nprobe calibrated) or back to Flat.
@@ -230,6 +241,9 @@ class StoreIndex:
             else:
                 new, nprobe = self._build_ivf(ids, vecs)
                 kind = "ivf"
+                if new is None:  # IVF cannot beat exact search on these vectors
+                    new, kind, nprobe = _flat(self.dim, self.metric), "flat", 0
+                    new.add_with_ids(vecs, ids)
             with self._lock:
                 for op, payload in self._pending or []:
                     if op == "add":
@@ -251,7 +265,7 @@ class StoreIndex:
                 self._pending = None
             self._rebuilding.release()
 
-    def _build_ivf(self, ids: np.ndarray, vecs: np.ndarray) -> tuple[Any, int]:
+    def _build_ivf(self, ids: np.ndarray, vecs: np.ndarray) -> tuple[Any | None, int]:
         n = len(ids)
         nlist = _nlist_for(n)
         metric = _faiss_metric(self.metric)
@@ -263,8 +277,11 @@ class StoreIndex:
         sample = min(n, nlist * self.policy.max_train_points_per_list)
         ivf.train(vecs[rng.choice(n, size=sample, replace=False)])
         ivf.add_with_ids(vecs, ids)
-        ivf.nprobe = self._calibrate_nprobe(ivf, vecs, rng)
-        return ivf, int(ivf.nprobe)
+        nprobe = self._calibrate_nprobe(ivf, vecs, rng)
+        if nprobe is None:
+            return None, 0
+        ivf.nprobe = nprobe
+        return ivf, nprobe
 
     def _calibrate_nprobe(self, ivf: Any, vecs: np.ndarray, rng: np.random.Generator) -> int:
         """Smallest nprobe whose recall@1 against exact search reaches the target.
@@ -296,10 +313,16 @@ class StoreIndex:
             ivf.nprobe = nprobe
             _, got = ivf.search(queries, 1)
             recall = float((got[:, 0] == truth[:, 0]).mean())
-            if recall >= self.policy.target_recall or nprobe >= nlist:
+            if recall >= self.policy.target_recall:
                 log.info("nprobe=%d gives recall@1=%.3f (nlist=%d)", nprobe, recall, nlist)
                 return nprobe
-            nprobe = min(nlist, nprobe * 2)
+            if nprobe * 2 > nlist // 8:
+                log.info(
+                    "IVF needs over nlist/8 probes for recall@1 %.2f; staying exact",
+                    self.policy.target_recall,
+                )
+                return None
+            nprobe *= 2
 
     # --- snapshots -----------------------------------------------------------------------
 

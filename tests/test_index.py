@@ -1,0 +1,111 @@
+"""The store index on its own: real faiss, face-shaped vectors."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shard_node.index import IndexPolicy, StoreIndex
+from storeface.errors import EmbeddingInvalid
+
+
+def face_like(
+    n_people: int, per: int, dim: int = 128, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Identities with a few close views each, like real embeddings (unit norm)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_people, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    views = np.repeat(centres, per, axis=0) + rng.normal(0, 0.03, (n_people * per, dim))
+    return views.astype(np.float32), np.repeat(np.arange(1, n_people + 1), per)
+
+
+def test_several_vectors_per_face_search_returns_distinct_faces() -> None:
+    x, faces = face_like(50, 4)
+    idx = StoreIndex(128, "l2", "test")
+    idx.add(list(range(1, len(x) + 1)), faces.tolist(), x)
+    assert (len(idx), idx.face_count) == (200, 50)
+    rows = idx.search(x[:3], 5)
+    for row, want in zip(rows, faces[:3], strict=True):
+        assert row[0].face_id == want
+        assert len({m.face_id for m in row}) == 5
+        assert [m.distance for m in row] == sorted(m.distance for m in row)
+
+
+def test_remove_face_removes_all_its_vectors_and_replay_is_idempotent() -> None:
+    x, faces = face_like(10, 3)
+    idx = StoreIndex(128, "l2", "test")
+    vids = list(range(1, 31))
+    idx.add(vids, faces.tolist(), x)
+    assert idx.add(vids, faces.tolist(), x) == 0  # a replayed feed adds nothing
+    assert idx.remove_face(1) == 3
+    assert len(idx) == 27
+    assert all(m.face_id != 1 for m in idx.search(x[:1], 10)[0])
+    assert idx.remove_face(1) == 0
+
+
+def test_cosine_metric_reports_one_minus_cosine() -> None:
+    idx = StoreIndex(4, "cosine", "test")
+    idx.add([1, 2], [7, 8], np.array([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32))
+    m = idx.search(np.array([[2, 0, 0, 0]], np.float32), 2)[0]
+    assert m[0].face_id == 7 and m[0].distance == pytest.approx(0.0, abs=1e-6)
+    assert m[1].distance == pytest.approx(1.0, abs=1e-6)
+
+
+def test_bad_vectors_are_refused() -> None:
+    idx = StoreIndex(128, "l2", "test")
+    with pytest.raises(EmbeddingInvalid):
+        idx.add([1], [1], np.zeros((1, 64), np.float32))
+    with pytest.raises(EmbeddingInvalid):
+        idx.search(np.full((1, 128), np.nan, np.float32), 1)
+
+
+def test_switches_to_ivf_past_threshold_with_recall_target() -> None:
+    x, faces = face_like(3000, 2)
+    policy = IndexPolicy(ivf_threshold=4000, calibration_queries=300)
+    idx = StoreIndex(128, "l2", "test", policy)
+    idx.add(list(range(1, len(x) + 1)), faces.tolist(), x)
+    assert idx.needs_rebuild()
+    idx.rebuild()
+    assert idx.kind == "ivf" and idx.nprobe >= 1
+    rng = np.random.default_rng(1)
+    q = x[rng.choice(len(x), 300, replace=False)]
+    q = q + rng.normal(0, 0.02, q.shape).astype(np.float32)
+    exact = StoreIndex(128, "l2", "test")
+    exact.add(list(range(1, len(x) + 1)), faces.tolist(), x)
+    got = [r[0].face_id for r in idx.search(q, 1)]
+    want = [r[0].face_id for r in exact.search(q, 1)]
+    assert np.mean(np.array(got) == np.array(want)) >= 0.99
+
+
+def test_writes_during_rebuild_are_kept() -> None:
+    x, faces = face_like(2500, 2)
+    idx = StoreIndex(128, "l2", "test", IndexPolicy(ivf_threshold=4000))
+    idx.add(list(range(1, 4001)), faces[:4000].tolist(), x[:4000])
+    t = threading.Thread(target=idx.rebuild)
+    t.start()
+    idx.add(list(range(4001, 5001)), faces[4000:].tolist(), x[4000:])
+    idx.remove_face(1)
+    t.join()
+    assert idx.kind == "ivf"
+    assert len(idx) == 4998
+    assert idx.search(x[4500:4501], 1)[0][0].face_id == faces[4500]
+    assert all(m.face_id != 1 for m in idx.search(x[:1], 3)[0])
+
+
+def test_snapshot_round_trip_and_embedder_check(tmp_path: Path) -> None:
+    x, faces = face_like(20, 2)
+    idx = StoreIndex(128, "l2", "dlib")
+    idx.add(list(range(1, 41)), faces.tolist(), x)
+    idx.save(tmp_path / "s", {"position": "5-0", "gen": 40})
+    loaded = StoreIndex.load(tmp_path / "s", "dlib", 128, "l2")
+    assert loaded is not None
+    copy, meta = loaded
+    assert meta["gen"] == 40 and len(copy) == 40
+    assert [m.face_id for m in copy.search(x[:5], 1)[0]] == [
+        m.face_id for m in idx.search(x[:5], 1)[0]
+    ]
+    assert StoreIndex.load(tmp_path / "s", "arcface", 128, "cosine") is None
