@@ -277,13 +277,15 @@ class StoreIndex:
         sample = min(n, nlist * self.policy.max_train_points_per_list)
         ivf.train(vecs[rng.choice(n, size=sample, replace=False)])
         ivf.add_with_ids(vecs, ids)
-        nprobe = self._calibrate_nprobe(ivf, vecs, rng)
+        nprobe = self._calibrate_nprobe(ivf, ids, vecs, rng)
         if nprobe is None:
             return None, 0
         ivf.nprobe = nprobe
         return ivf, nprobe
 
-    def _calibrate_nprobe(self, ivf: Any, vecs: np.ndarray, rng: np.random.Generator) -> int:
+    def _calibrate_nprobe(
+        self, ivf: Any, ids: np.ndarray, vecs: np.ndarray, rng: np.random.Generator
+    ) -> int | None:
         """Smallest nprobe whose recall@1 against exact search reaches the target.
 
         Queries are stored vectors moved by noise of about half the typical nearest-
@@ -306,13 +308,14 @@ class StoreIndex:
         queries = (base + rng.normal(0, sigma, base.shape)).astype(np.float32)
         if self.metric == "cosine":
             queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        _, truth = exact.search(queries, 1)
+        _, nearest = exact.search(queries, 1)
+        truth = ids[nearest[:, 0]]  # the exact index holds positions; the IVF holds ids
         nlist = ivf.nlist
         nprobe = 1
         while True:
             ivf.nprobe = nprobe
             _, got = ivf.search(queries, 1)
-            recall = float((got[:, 0] == truth[:, 0]).mean())
+            recall = float((got[:, 0] == truth).mean())
             if recall >= self.policy.target_recall:
                 log.info("nprobe=%d gives recall@1=%.3f (nlist=%d)", nprobe, recall, nlist)
                 return nprobe
