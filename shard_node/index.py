@@ -201,7 +201,7 @@ class StoreIndex:
                 return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
             if self._kind == "flat":
                 ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-                flat = faiss.downcast_index(index.index)
+                flat: Any = faiss.downcast_index(index.index)
                 xb = faiss.vector_to_array(flat.codes).view(np.float32)
                 return ids, xb.reshape(-1, self.dim).copy()
             invlists = index.invlists
