@@ -1,0 +1,1 @@
+"""Gateway: routes by store, finds cross-store members, registers visitors, counts visits."""

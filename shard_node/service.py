@@ -77,6 +77,7 @@ async def identify(state: ShardState, image: bytes, top_k: int) -> wire.Identify
     return wire.IdentifyResponse(
         store_id=state.store.id,
         embedder=state.replica.info.name,
+        metric=state.replica.info.metric,
         threshold=state.threshold,
         width=analysis.width,
         height=analysis.height,

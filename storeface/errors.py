@@ -169,3 +169,12 @@ class ConfigError(StorefaceError):
     """A configuration file is invalid; raised at start-up, never to a client."""
 
     code = "config_error"
+
+
+class RemoteError(StorefaceError):
+    """An error a shard answered with, passed on to the client unchanged."""
+
+    def __init__(self, status_code: int, code: str, message: str, **details: Any) -> None:
+        self.status_code = status_code
+        self.code = code
+        super().__init__(message, **details)

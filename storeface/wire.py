@@ -37,6 +37,7 @@ class ShardFace(BaseModel):
 class IdentifyResponse(BaseModel):
     store_id: str
     embedder: str
+    metric: str = "l2"
     threshold: float
     width: int
     height: int

@@ -211,3 +211,38 @@ class ShardNode(Process):
             return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
 
         wait_until(ready, timeout, 0.2, what=f"shard {self.store_id} ready")
+
+
+class GatewayNode(Process):
+    """One gateway replica, started as `make run` starts it."""
+
+    def __init__(
+        self, stores_file: Path, redis_url: str, workdir: Path, port: int | None = None, **env: str
+    ) -> None:
+        self.port = port or free_port()
+        settings = {
+            "STOREFACE_STORES_FILE": str(stores_file),
+            "STOREFACE_REDIS_URL": redis_url,
+            "STOREFACE_RELOAD_INTERVAL_S": "0.2",
+            **{f"STOREFACE_{k.upper()}": v for k, v in env.items()},
+        }
+        super().__init__(
+            [sys.executable, "-m", "gateway", "--port", str(self.port)],
+            workdir / f"gateway-{self.port}.log",
+            env=settings,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GatewayNode:
+        super().start()
+
+        def up() -> bool:
+            if not self.alive:
+                raise RuntimeError(f"gateway exited:\n{self.tail()}")
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+
+        wait_until(up, 30, 0.1, what="gateway up")
+        return self

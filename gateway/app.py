@@ -1,0 +1,91 @@
+"""The gateway's app factory: stateless, async, one httpx pool per process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Gauge
+from redis.asyncio import Redis
+
+from gateway.analytics import Analytics
+from gateway.api import router
+from gateway.auth import KeyRing
+from gateway.recognition import Gateway
+from gateway.routing import StoreMap
+from gateway.settings import GatewaySettings
+from gateway.shards import ShardClient
+from storeface.facedb import FaceDB
+from storeface.http import install_error_handlers
+from storeface.metrics import instrument
+
+
+def _secret(value: object) -> str | None:
+    get = getattr(value, "get_secret_value", None)
+    return get() if get else None
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """Build a gateway; an invalid stores.yaml or keys file fails here, naming the problem."""
+    stores = StoreMap(settings.stores_file)
+    keys = KeyRing.from_sources(
+        _secret(settings.admin_key), _secret(settings.camera_keys), settings.keys_file
+    )
+    registry = CollectorRegistry()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = Redis.from_url(settings.redis_url)
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        async with httpx.AsyncClient(limits=limits) as client:
+            gw = Gateway(
+                stores=stores,
+                shards=ShardClient(client, settings.shard_timeout_s),
+                db=FaceDB(redis),
+                analytics=Analytics(redis, settings.visit_window_s),
+                fanout_deadline_s=settings.fanout_deadline_ms / 1000,
+            )
+            app.state.gateway = gw
+            _export_counters(gw, registry)
+            watcher = asyncio.create_task(stores.watch(settings.reload_interval_s))
+            try:
+                yield
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+                await redis.aclose()
+
+    app = FastAPI(title="Storeface gateway", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.keys = keys
+    install_error_handlers(app)
+    instrument(app, registry, "gateway")
+    app.include_router(router)
+    return app
+
+
+def _export_counters(gw: Gateway, registry: CollectorRegistry) -> None:
+    c = gw.counters
+    Gauge(
+        "storeface_fallback_total",
+        "recognitions that fanned out to other stores",
+        registry=registry,
+    ).set_function(lambda: c.fallbacks)
+    Gauge("storeface_registrations_total", "new visitor FaceIds", registry=registry).set_function(
+        lambda: c.registrations
+    )
+    degraded = Gauge(
+        "storeface_degraded_total", "fan-outs a store missed", ["store"], registry=registry
+    )
+
+    def collect_degraded() -> float:
+        for sid, n in c.degraded.items():
+            degraded.labels(sid).set(n)
+        return float(sum(c.degraded.values()))
+
+    Gauge(
+        "storeface_degraded_all_total", "fan-outs any store missed", registry=registry
+    ).set_function(collect_degraded)

@@ -1,0 +1,280 @@
+"""Recognition, search and verification across stores: the gateway's core, no web here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway.analytics import Analytics
+from gateway.models import (
+    Member,
+    RecognizedFace,
+    RecognizeResponse,
+    SearchFace,
+    SearchMatch,
+    SearchResponse,
+    VerifyResponse,
+)
+from gateway.routing import StoreMap
+from gateway.shards import ShardClient
+from storeface import wire
+from storeface.errors import NoFace, StorefaceError
+from storeface.facedb import FaceDB, FaceRecord
+from storeface.stores import StoreConfig
+
+log = logging.getLogger("gateway.recognition")
+
+
+@dataclass
+class Counters:
+    """What /metrics reports beyond latency; plain numbers, exported by the app."""
+
+    fallbacks: int = 0
+    registrations: int = 0
+    degraded: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Gateway:
+    """Everything a gateway replica holds, opened in the lifespan."""
+
+    stores: StoreMap
+    shards: ShardClient
+    db: FaceDB
+    analytics: Analytics
+    fanout_deadline_s: float
+    counters: Counters = field(default_factory=Counters)
+
+
+@dataclass
+class _Candidate:
+    face_id: int
+    store_id: str
+    distance: float
+    label: str
+
+
+async def fan_out(
+    gw: Gateway, home: StoreConfig, embeddings: list[list[float]], top_k: int
+) -> tuple[list[list[_Candidate]], list[str]]:
+    """Search the other stores concurrently under one deadline; late or failed ones degrade."""
+    targets = gw.stores.fallback_targets(home)
+    merged: list[list[_Candidate]] = [[] for _ in embeddings]
+    if not targets or not embeddings:
+        return merged, []
+    deadline = gw.fanout_deadline_s
+    tasks = {
+        asyncio.create_task(
+            gw.shards.search(gw.stores.urls(s), embeddings, top_k, deadline_s=deadline)
+        ): s.id
+        for s in targets
+    }
+    done, pending = await asyncio.wait(tasks, timeout=deadline)
+    for t in pending:
+        t.cancel()
+    degraded = sorted(tasks[t] for t in pending)
+    for t in done:
+        sid = tasks[t]
+        if t.exception() is not None:
+            degraded.append(sid)
+            log.warning("fan-out to %s failed: %s", sid, t.exception())
+            continue
+        for row, matches in zip(merged, t.result().results, strict=True):
+            row += [_Candidate(m.face_id, sid, m.distance, m.label) for m in matches]
+    for row in merged:
+        row.sort(key=lambda c: c.distance)
+    for sid in degraded:
+        gw.counters.degraded[sid] = gw.counters.degraded.get(sid, 0) + 1
+    return merged, sorted(degraded)
+
+
+async def recognize(
+    gw: Gateway, store_id: str, image: bytes, now: float | None = None
+) -> RecognizeResponse:
+    """A FaceId for every face: known here, known elsewhere, or a new visitor."""
+    t0 = time.perf_counter()
+    home = gw.stores.route(store_id)
+    home_urls = gw.stores.urls(home)
+    ident = await gw.shards.identify(home_urls, image, top_k=1)
+    t1 = time.perf_counter()
+    threshold = home.threshold or ident.threshold
+    timings = {f"shard_{k}": v for k, v in ident.timings.items()}
+    timings["identify_ms"] = (t1 - t0) * 1000
+
+    # 1. at home: the best match under the threshold, if that face still exists
+    best: list[_Candidate | None] = []
+    for face in ident.faces:
+        m = face.matches[0] if face.matches else None
+        best.append(
+            _Candidate(m.face_id, home.id, m.distance, m.label)
+            if m and m.distance <= threshold
+            else None
+        )
+
+    # 2. elsewhere: only the embeddings of faces unknown at home travel
+    unknown = [i for i, b in enumerate(best) if b is None]
+    degraded: list[str] = []
+    if unknown and home.fallback != "none":
+        gw.counters.fallbacks += 1
+        rows, degraded = await fan_out(gw, home, [ident.faces[i].embedding for i in unknown], 1)
+        for i, row in zip(unknown, rows, strict=True):
+            if row and row[0].distance <= threshold:
+                best[i] = row[0]
+    t2 = time.perf_counter()
+    timings["fanout_ms"] = (t2 - t1) * 1000
+
+    # 3. learn cross-store faces at home; 4. register the still unknown
+    records = await gw.db.get_faces([b.face_id for b in best if b is not None])
+    results: list[RecognizedFace] = []
+    for face, cand in zip(ident.faces, best, strict=True):
+        if cand is not None and cand.face_id not in records:
+            cand = None  # erased since the index last heard: treat as unknown
+        is_new = False
+        if cand is not None and cand.store_id != home.id and home.learn_cross_store:
+            await _learn(gw, home_urls, face, cand.face_id)
+        if cand is None:
+            if not home.auto_register or face.quality.size < home.min_face_size:
+                results.append(_answer(face, None, None, False, None))
+                continue
+            reg = await gw.shards.enroll_embedding(
+                home_urls,
+                wire.EnrollEmbeddingRequest(
+                    embedding=face.embedding, kind="visitor", register_threshold=threshold
+                ),
+            )
+            is_new = reg.created
+            if is_new:
+                gw.counters.registrations += 1
+                record = FaceRecord(face_id=reg.face_id, kind="visitor", home_store=home.id)
+                cand = _Candidate(reg.face_id, home.id, 0.0, "")
+            else:  # a concurrent post registered this person a moment ago
+                cand = _Candidate(reg.face_id, home.id, reg.distance or 0.0, "")
+                record = (await gw.db.get_faces([reg.face_id])).get(reg.face_id) or FaceRecord(
+                    face_id=reg.face_id, kind="visitor", home_store=home.id
+                )
+            records[cand.face_id] = record
+        results.append(
+            _answer(face, cand, records[cand.face_id], is_new, None if is_new else cand.store_id)
+        )
+    t3 = time.perf_counter()
+    timings["register_ms"] = (t3 - t2) * 1000
+
+    # 5. members and visits
+    profiles = await gw.db.member_profiles(
+        [records[r.face_id].member_id for r in results if r.face_id is not None]
+    )
+    counted: set[int] = set()
+    for r in results:
+        if r.face_id is None:
+            r.visit = "not_counted"
+            continue
+        rec = records[r.face_id]
+        r.label, r.kind = rec.label, rec.kind
+        if rec.member_id:
+            r.member = Member(member_id=rec.member_id, profile=profiles.get(rec.member_id, {}))
+        if r.face_id in counted:  # the same person twice in one frame is one visit
+            r.visit = "deduped"
+            continue
+        counted.add(r.face_id)
+        r.visit = await gw.analytics.record(home.id, r.face_id, bool(rec.member_id), now)
+    await gw.db.touch(list(counted), now)
+    timings["redis_ms"] = (time.perf_counter() - t3) * 1000
+    timings["total_ms"] = (time.perf_counter() - t0) * 1000
+    return RecognizeResponse(
+        store_id=home.id,
+        faces=results,
+        degraded=degraded,
+        timings={k: round(v, 3) for k, v in timings.items()},
+    )
+
+
+async def _learn(gw: Gateway, home_urls: list[str], face: wire.ShardFace, face_id: int) -> None:
+    """Add a cross-store face's embedding at home, so the next visit matches locally."""
+    try:
+        await gw.shards.enroll_embedding(
+            home_urls, wire.EnrollEmbeddingRequest(embedding=face.embedding, face_id=face_id)
+        )
+    except StorefaceError as exc:  # learning is an optimisation; the answer stands
+        log.warning("could not learn face %s at home: %s", face_id, exc.message)
+
+
+def _answer(
+    face: wire.ShardFace,
+    cand: _Candidate | None,
+    record: FaceRecord | None,
+    is_new: bool,
+    matched_store: str | None,
+) -> RecognizedFace:
+    return RecognizedFace(
+        face_id=cand.face_id if cand else None,
+        is_new=is_new,
+        matched_store=matched_store,
+        distance=None if cand is None or is_new else cand.distance,
+        label=record.label if record else "",
+        kind=record.kind if record else "",
+        box=face.box,
+        quality=face.quality,
+    )
+
+
+async def search(
+    gw: Gateway, store_id: str, image: bytes, top_k: int, everywhere: bool
+) -> SearchResponse:
+    """Top-k matches per face at home (and in the fallback stores), no side effects."""
+    home = gw.stores.route(store_id)
+    ident = await gw.shards.identify(gw.stores.urls(home), image, top_k=top_k)
+    rows: list[list[_Candidate]] = [
+        [_Candidate(m.face_id, home.id, m.distance, m.label) for m in f.matches]
+        for f in ident.faces
+    ]
+    degraded: list[str] = []
+    if everywhere and ident.faces:
+        others, degraded = await fan_out(gw, home, [f.embedding for f in ident.faces], top_k)
+        rows = [sorted(a + b, key=lambda c: c.distance) for a, b in zip(rows, others, strict=True)]
+    live = await gw.db.get_faces(list({c.face_id for row in rows for c in row}))
+    faces = []
+    for f, row in zip(ident.faces, rows, strict=True):
+        seen: set[int] = set()
+        matches = []
+        for c in row:
+            if c.face_id in live and c.face_id not in seen:
+                seen.add(c.face_id)
+                matches.append(
+                    SearchMatch(
+                        face_id=c.face_id,
+                        store_id=c.store_id,
+                        label=live[c.face_id].label,
+                        distance=c.distance,
+                    )
+                )
+        faces.append(SearchFace(box=f.box, quality=f.quality, matches=matches[:top_k]))
+    return SearchResponse(
+        store_id=home.id,
+        threshold=home.threshold or ident.threshold,
+        faces=faces,
+        degraded=degraded,
+    )
+
+
+async def verify(gw: Gateway, store_id: str, a: bytes, b: bytes) -> VerifyResponse:
+    """1:1: are the largest faces of two photos the same person?"""
+    store = gw.stores.route(store_id)
+    urls = gw.stores.urls(store)
+    ia, ib = await asyncio.gather(gw.shards.identify(urls, a, 1), gw.shards.identify(urls, b, 1))
+    for name, ident in (("image_a", ia), ("image_b", ib)):
+        if not ident.faces:
+            raise NoFace(f"no face in {name}", image=name)
+    ea = np.asarray(ia.faces[0].embedding, np.float32)
+    eb = np.asarray(ib.faces[0].embedding, np.float32)
+    if ia.metric == "cosine":
+        dist = 1.0 - float(ea @ eb / (np.linalg.norm(ea) * np.linalg.norm(eb)))
+    else:
+        dist = float(np.linalg.norm(ea - eb))
+    threshold = store.threshold or ia.threshold
+    return VerifyResponse(
+        same=dist <= threshold, distance=round(dist, 6), threshold=threshold, embedder=ia.embedder
+    )

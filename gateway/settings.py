@@ -1,0 +1,27 @@
+"""Gateway settings from the environment (STOREFACE_*); secrets never come from the repo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    """One gateway replica; every replica of a cluster shares the same settings."""
+
+    model_config = SettingsConfigDict(env_prefix="STOREFACE_", extra="ignore")
+
+    stores_file: Path = Path("config/stores.yaml")
+    redis_url: str = "redis://127.0.0.1:6380/0"
+    admin_key: SecretStr | None = None
+    # "key=store-a,store-b;key2=store-c": camera keys scoped to their stores.
+    camera_keys: SecretStr | None = None
+    keys_file: Path | None = None  # YAML: {admin_key: ..., camera_keys: {key: [stores]}}
+    fanout_deadline_ms: float = 300.0
+    shard_timeout_s: float = 15.0
+    reload_interval_s: float = 1.0
+    visit_window_s: int = 300  # repeated sightings of a face at a store within it count once
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_faces: int = 10

@@ -1,0 +1,112 @@
+"""Talking to shard nodes: one pooled httpx client, failover across a store's URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+import httpx
+
+from storeface import wire
+from storeface.errors import RemoteError, ShardUnavailable
+
+log = logging.getLogger("gateway.shards")
+
+
+def _raise_for_error(r: httpx.Response) -> None:
+    if r.status_code < 400:
+        return
+    try:
+        err = r.json()["error"]
+        code, message, details = err["code"], err["message"], err.get("details") or {}
+    except (ValueError, KeyError, TypeError):
+        code, message, details = "shard_error", r.text[:200], {}
+    if r.status_code >= 500:
+        raise ShardUnavailable(f"shard answered {r.status_code}: {message}", code=code)
+    raise RemoteError(r.status_code, code, message, **details)
+
+
+class ShardClient:
+    """Calls to a store's shard; each URL is tried in turn on connection errors and 5xx."""
+
+    def __init__(self, client: httpx.AsyncClient, timeout: float) -> None:
+        self.client = client
+        self.timeout = timeout
+        self._turn = itertools.count()
+
+    async def _call(
+        self,
+        urls: list[str],
+        method: str,
+        path: str,
+        *,
+        deadline_s: float | None = None,
+        retry: bool = True,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        last: Exception | None = None
+        if len(urls) > 1:  # a plain replica list: spread the load, keep the failover
+            start = next(self._turn) % len(urls)
+            urls = urls[start:] + urls[:start]
+        for url in urls if retry else urls[:1]:
+            try:
+                r = await self.client.request(
+                    method, f"{url}{path}", timeout=deadline_s or self.timeout, **kwargs
+                )
+                _raise_for_error(r)
+                return r
+            except (httpx.TransportError, ShardUnavailable) as exc:
+                last = exc
+                log.warning("shard %s%s failed: %s", url, path, exc)
+        raise ShardUnavailable(f"no replica answered: {last}")
+
+    async def identify(self, urls: list[str], image: bytes, top_k: int) -> wire.IdentifyResponse:
+        r = await self._call(
+            urls,
+            "POST",
+            "/v1/identify",
+            files={"image": ("image", image)},
+            data={"top_k": str(top_k)},
+        )
+        return wire.IdentifyResponse.model_validate_json(r.content)
+
+    async def search(
+        self,
+        urls: list[str],
+        embeddings: list[list[float]],
+        top_k: int,
+        deadline_s: float | None = None,
+    ) -> wire.SearchResponse:
+        body = wire.SearchRequest(embeddings=embeddings, top_k=top_k).model_dump()
+        r = await self._call(urls, "POST", "/v1/search", json=body, deadline_s=deadline_s)
+        return wire.SearchResponse.model_validate_json(r.content)
+
+    async def enroll_embedding(
+        self, urls: list[str], req: wire.EnrollEmbeddingRequest
+    ) -> wire.EnrollResponse:
+        # Not retried on another replica: the first may have stored it before failing.
+        r = await self._call(
+            urls, "POST", "/v1/faces/embedding", json=req.model_dump(), retry=False
+        )
+        return wire.EnrollResponse.model_validate_json(r.content)
+
+    async def enroll_image(
+        self, urls: list[str], image: bytes, form: dict[str, str]
+    ) -> wire.EnrollResponse:
+        # Retry is safe: the same photo is recognised by its hash and not added twice.
+        r = await self._call(
+            urls, "POST", "/v1/faces", files={"image": ("image", image)}, data=form
+        )
+        return wire.EnrollResponse.model_validate_json(r.content)
+
+    async def ready(self, urls: list[str]) -> bool:
+        async def one(url: str) -> bool:
+            try:
+                r = await self.client.get(f"{url}/readyz", timeout=1.0)
+                return r.status_code == 200
+            except httpx.TransportError:
+                return False
+
+        return any(await asyncio.gather(*(one(u) for u in urls)))
