@@ -1,0 +1,67 @@
+"""Visit counting against real Redis, with a scripted clock."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from redis.asyncio import Redis
+
+from gateway.analytics import Analytics
+
+DAY1 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC).timestamp()
+DAY2 = DAY1 + 86400
+MIN = 60.0
+
+
+def test_scripted_visits_give_exact_stats(redis_url: str) -> None:
+    async def run() -> None:
+        redis = Redis.from_url(redis_url)
+        a = Analytics(redis, window_s=300)
+        script = [  # (time, face, member?) -> expected outcome
+            (DAY1, 1, False, "new"),
+            (DAY1 + 1 * MIN, 1, False, "deduped"),  # still in front of the camera
+            (DAY1 + 4 * MIN, 1, False, "deduped"),
+            (DAY1 + 2 * MIN, 2, True, "new"),  # a member
+            (DAY1 + 3 * MIN, 3, False, "new"),
+        ]
+        for ts, face, member, want in script:
+            assert await a.record("s1", face, member, now=ts) == want
+        # the window is wall-clock TTL in Redis: expire face 1's dedupe key to move on
+        await redis.delete("seen:s1:1", "seen:s1:2")
+        assert await a.record("s1", 1, False, now=DAY1 + 60 * MIN) == "returning"
+        await redis.delete("seen:s1:1", "seen:s1:3")
+        assert await a.record("s1", 1, False, now=DAY2) == "returning"
+        assert await a.record("s1", 3, False, now=DAY2 + MIN) == "returning"
+        assert await a.record("s1", 4, False, now=DAY2 + 2 * MIN) == "new"
+        assert await a.record("s2", 1, False, now=DAY2) == "new"  # new to another store
+
+        d1, d2 = await a.days("s1", dt.date(2026, 3, 2), dt.date(2026, 3, 3))
+        assert (d1.pv, d1.uv, d1.new, d1.returning, d1.member_visits) == (4, 3, 3, 0, 1)
+        assert (d2.pv, d2.uv, d2.new, d2.returning, d2.member_visits) == (3, 3, 1, 2, 0)
+        assert await a.unique_visitors("s1", dt.date(2026, 3, 2), dt.date(2026, 3, 3)) == 4
+        (empty,) = await a.days("s1", dt.date(2026, 3, 4), dt.date(2026, 3, 4))
+        assert (empty.pv, empty.uv) == (0, 0)
+
+        # erasing a face removes its identity traces from the store's analytics
+        await a.erase_face(1)
+        assert not await redis.hexists("store:s1:first_seen", 1)
+        events = await redis.xrange("visits:s1")
+        assert events and all(f[b"fid"] != b"1" for _, f in events)
+        assert await a.record("s1", 1, False, now=DAY2 + 3 * MIN) == "new"
+        await redis.aclose()
+
+    asyncio.run(run())
+
+
+def test_dedupe_window_is_a_real_expiry(redis_url: str) -> None:
+    async def run() -> None:
+        redis = Redis.from_url(redis_url)
+        a = Analytics(redis, window_s=1)
+        assert await a.record("s1", 9, False, now=DAY1) == "new"
+        assert await a.record("s1", 9, False, now=DAY1 + 0.5) == "deduped"
+        await asyncio.sleep(1.2)
+        assert await a.record("s1", 9, False, now=DAY1 + 2) == "returning"
+        await redis.aclose()
+
+    asyncio.run(run())
