@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: venv run test lint format bench bench-search bench-pipeline bench-load bench-accuracy \
+
+.PHONY: venv run reload test lint format bench bench-search bench-pipeline bench-load bench-accuracy \
         nginx-config ingest clean
 
 # A fresh machine needs nothing else: dlib comes as the prebuilt dlib-bin wheel (never
@@ -21,6 +22,10 @@ venv: $(STAMP)
 
 run: venv
 	$(BIN)/python -m deploy.run
+
+# Apply an edited stores.yaml to a running cluster (`make run` also watches the file).
+reload: venv
+	$(BIN)/python -m deploy.run reload
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

