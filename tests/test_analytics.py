@@ -47,7 +47,7 @@ def test_scripted_visits_give_exact_stats(redis_url: str) -> None:
         await a.erase_face(1)
         assert not await redis.hexists("store:s1:first_seen", 1)
         events = await redis.xrange("visits:s1")
-        assert events and all(f[b"fid"] != b"1" for _, f in events)
+        assert events and all(f and f[b"fid"] != b"1" for _, f in events)
         assert await a.record("s1", 1, False, now=DAY2 + 3 * MIN) == "new"
         await redis.aclose()
 
