@@ -30,7 +30,7 @@ def _secret(value: object) -> str | None:
 
 def create_app(settings: GatewaySettings) -> FastAPI:
     """Build a gateway; an invalid stores.yaml or keys file fails here, naming the problem."""
-    stores = StoreMap(settings.stores_file)
+    stores = StoreMap(settings.stores_file, settings.shard_proxy)
     keys = KeyRing.from_sources(
         _secret(settings.admin_key), _secret(settings.camera_keys), settings.keys_file
     )

@@ -15,8 +15,9 @@ log = logging.getLogger("gateway.routing")
 class StoreMap:
     """Current routing table; `check()` reloads it when the file changed."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, shard_proxy: str | None = None) -> None:
         self.path = path
+        self.shard_proxy = shard_proxy.rstrip("/") if shard_proxy else None
         self.config: StoresFile = load_stores(path)  # invalid at start-up: refuse to start
         self.last_error: str | None = None
         self._stamp = self._file_stamp()
@@ -61,6 +62,8 @@ class StoreMap:
         return store
 
     def urls(self, store: StoreConfig) -> list[str]:
+        if self.shard_proxy and not store.shard_urls:
+            return [f"{self.shard_proxy}/{store.id}"]
         return self.config.shard_urls(store.id)
 
     def fallback_targets(self, home: StoreConfig) -> list[StoreConfig]:

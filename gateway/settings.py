@@ -14,6 +14,8 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STOREFACE_", extra="ignore")
 
     stores_file: Path = Path("config/stores.yaml")
+    # Base URL of the per-store upstreams when not the local cluster's (compose: nginx:8081).
+    shard_proxy: str | None = None
     redis_url: str = "redis://127.0.0.1:6380/0"
     admin_key: SecretStr | None = None
     # "key=store-a,store-b;key2=store-c": camera keys scoped to their stores.

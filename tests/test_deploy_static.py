@@ -1,0 +1,76 @@
+"""deploy/: compose and nginx configs agree with stores.yaml (no Docker engine runs here)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from deploy import compose, nginx
+from deploy.topology import find_binary
+from storeface.stores import load_stores
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = load_stores(ROOT / "config" / "stores.yaml")
+
+
+def test_committed_compose_is_the_one_stores_yaml_generates() -> None:
+    assert (ROOT / "deploy" / "compose.yaml").read_text() == compose.dump(
+        compose.render_compose(CFG)
+    ), "run `python -m deploy.compose` after editing stores.yaml"
+    assert (ROOT / "deploy" / "nginx" / "compose.conf").read_text() == compose.render_nginx(CFG)
+
+
+def test_compose_topology_matches_stores_yaml() -> None:
+    doc = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    services = doc["services"]
+    for store in CFG.stores:
+        names = [f"shard-{store.id}-{i}" for i in range(1, store.replicas + 1)]
+        for name in names:
+            svc = services[name]
+            assert svc["command"][svc["command"].index("--store") + 1] == store.id
+            assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+            assert "healthcheck" in svc
+            assert f"{name}-data" in doc["volumes"]
+    gateways = [n for n in services if n.startswith("gateway-")]
+    assert len(gateways) == CFG.cluster.gateway_replicas
+    for g in gateways:
+        env = services[g]["environment"]
+        assert env["STOREFACE_SHARD_PROXY"] == f"http://nginx:{CFG.cluster.shard_proxy_port}"
+        assert env["STOREFACE_ADMIN_KEY"].startswith("${"), "secrets come from the environment"
+    assert services["redis"]["healthcheck"]["test"][-1] == "ping"
+    assert "--appendonly" in services["redis"]["command"]
+    front = CFG.cluster.front_port
+    assert services["nginx"]["ports"] == [f"{front}:{front}"]
+    assert set(services["nginx"]["depends_on"]) == set(services) - {"redis", "nginx"}
+    # every service the nginx config names exists in compose, with the port it serves on
+    conf = (ROOT / "deploy" / "nginx" / "compose.conf").read_text()
+    for host, port in re.findall(r"server ([a-z0-9-]+):(\d+) ", conf):
+        assert host in services
+        assert str(port) in services[host]["command"]
+    assert (ROOT / "deploy" / "Dockerfile").exists()
+
+
+def test_nginx_has_an_upstream_per_store_and_passes_nginx_t(tmp_path: Path) -> None:
+    conf = nginx.render(CFG, tmp_path)
+    for store in CFG.stores:
+        block = re.search(rf"upstream store_{store.id.replace('-', '_')} \{{(.*?)\}}", conf, re.S)
+        assert block, store.id
+        ports = [int(p) for p in re.findall(r"server [\d.]+:(\d+)", block.group(1))]
+        assert ports == CFG.replica_ports(store.id)
+        assert f"location /{store.id}/" in conf
+    assert "client_max_body_size 10m" in conf
+    assert "non_idempotent" in conf and "rt=$request_time" in conf
+    path = tmp_path / "nginx.conf"
+    path.write_text(conf)
+    for sub in ("client_body_temp", "proxy_temp"):
+        (tmp_path / sub).mkdir()
+    check = subprocess.run(
+        [find_binary("nginx"), "-p", str(tmp_path), "-c", str(path), "-t"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
