@@ -61,7 +61,11 @@ _worker: Any = None
 
 def _init(embedder: str, options: dict[str, Any]) -> None:
     global _worker
+    import cv2
+
     from shard_node.faces.registry import make_pipeline
+
+    cv2.setNumThreads(1)  # one core per worker: the pool decides the parallelism
 
     _worker = make_pipeline(embedder, options)
 
@@ -91,7 +95,7 @@ def embed_folder(
     options = dict(options or {})
     info = embedder_info(embedder, options)
     photos = list_photos(folder)
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(repr(sorted(options.items())).encode())
     for _, p in photos:
         digest.update(str(p.relative_to(folder)).encode())
         digest.update(str(p.stat().st_size).encode())

@@ -22,10 +22,23 @@ def _dlib_info(options: dict[str, Any]) -> EmbedderInfo:
     return INFO
 
 
+def _arcface(options: dict[str, Any]) -> FacePipeline:
+    from shard_node.faces.onnx_pipeline import ArcFacePipeline, OnnxOptions
+
+    return ArcFacePipeline(OnnxOptions.from_dict(options))
+
+
+def _arcface_info(options: dict[str, Any]) -> EmbedderInfo:
+    from shard_node.faces.onnx_pipeline import OnnxOptions, arcface_info
+
+    return arcface_info(OnnxOptions.from_dict(options))
+
+
 _FACTORIES: dict[
     str, tuple[Callable[[dict[str, Any]], FacePipeline], Callable[[dict[str, Any]], EmbedderInfo]]
 ] = {
     "dlib": (_dlib, _dlib_info),
+    "arcface": (_arcface, _arcface_info),
 }
 
 

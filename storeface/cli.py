@@ -1,0 +1,586 @@
+"""The `storeface` command: local vectors files (vectorize, search, verify) and cluster calls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import mimetypes
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import typer
+
+if TYPE_CHECKING:
+    import httpx
+    from matplotlib.figure import Figure
+
+    from shard_node.faces.base import Face, FacePipeline, Metric
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Storeface: vectorize, search and verify faces locally, or talk to a cluster.",
+)
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+VECTORS_FORMAT = "storeface-vectors/1"
+
+EmbedderOpt = Annotated[str, typer.Option("--embedder", "-e", help="dlib or arcface")]
+UrlOpt = Annotated[str, typer.Option(envvar="STOREFACE_URL", help="the gateway's base URL")]
+AdminKeyOpt = Annotated[
+    str | None, typer.Option("--api-key", envvar="STOREFACE_ADMIN_KEY", help="admin API key")
+]
+
+
+# --- vectors files -----------------------------------------------------------------------
+
+
+@dataclass
+class Vectors:
+    """One embedding per photo, with what is needed to search it: the embedder and metric."""
+
+    people: list[str]
+    paths: list[str]
+    embeddings: np.ndarray
+    embedder: str
+    dim: int
+    metric: Metric
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(
+                f,
+                format=np.array(VECTORS_FORMAT),
+                people=np.array(self.people, dtype=str),
+                paths=np.array(self.paths, dtype=str),
+                embeddings=self.embeddings.astype(np.float32).reshape(-1, self.dim),
+                embedder=np.array(self.embedder),
+                dim=np.array(self.dim),
+                metric=np.array(self.metric),
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> Vectors:
+        with np.load(path, allow_pickle=False) as z:
+            if "format" not in z or str(z["format"]) != VECTORS_FORMAT:
+                raise typer.BadParameter(f"{path} is not a storeface vectors file")
+            metric = str(z["metric"])
+            if metric not in ("l2", "cosine"):
+                raise typer.BadParameter(f"{path} has an unknown metric {metric!r}")
+            return cls(
+                people=[str(p) for p in z["people"]],
+                paths=[str(p) for p in z["paths"]],
+                embeddings=z["embeddings"].astype(np.float32),
+                embedder=str(z["embedder"]),
+                dim=int(z["dim"]),
+                metric="cosine" if metric == "cosine" else "l2",
+            )
+
+
+@dataclass
+class VectorizeReport:
+    """A vectors file in the making, and what happened to the photos left out of it."""
+
+    vectors: Vectors
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, error code)
+    several: list[str] = field(default_factory=list)  # photos whose largest face was taken
+
+    def summary(self) -> str:
+        reasons: dict[str, int] = {}
+        for _, why in self.skipped:
+            reasons[why] = reasons.get(why, 0) + 1
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none"
+        v = self.vectors
+        return (
+            f"{len(v.paths)} photos of {len(set(v.people))} people vectorized with {v.embedder} "
+            f"({v.dim}-d, {v.metric}); {len(self.skipped)} skipped ({why}); "
+            f"{len(self.several)} had several faces"
+        )
+
+
+def vectorize_folder(
+    folder: Path,
+    embedder: str = "dlib",
+    workers: int | None = None,
+    skip_multiple: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> VectorizeReport:
+    """Embed every photo of a `<person>/<photo>` folder in the project's process pool."""
+    from shard_node.faces.registry import embedder_info
+    from shard_node.gallery import photos_by_person
+
+    info = embedder_info(embedder)
+    photos = [(person, p) for person, ps in photos_by_person(folder).items() for p in ps]
+    results = asyncio.run(_analyze_all(embedder, [p for _, p in photos], workers, progress))
+    empty = np.zeros((0, info.dim), dtype=np.float32)
+    report = VectorizeReport(Vectors([], [], empty, info.name, info.dim, info.metric))
+    embeddings: list[np.ndarray] = []
+    for (person, path), result in zip(photos, results, strict=True):
+        if isinstance(result, str):
+            report.skipped.append((str(path), result))
+            continue
+        if len(result) > 1:
+            if skip_multiple:
+                report.skipped.append((str(path), "multiple_faces"))
+                continue
+            report.several.append(str(path))
+        report.vectors.people.append(person)
+        report.vectors.paths.append(str(path.absolute()))
+        embeddings.append(result[0].embedding)
+    if embeddings:
+        report.vectors.embeddings = np.vstack(embeddings).astype(np.float32)
+    return report
+
+
+async def _analyze_all(
+    embedder: str,
+    paths: list[Path],
+    workers: int | None,
+    progress: Callable[[int], None] | None,
+) -> list[list[Face] | str]:
+    """Each photo's faces (the two largest are enough to tell one from several), or an
+    error code."""
+    from shard_node.faces.pool import FacePool
+    from storeface.errors import NoFace, StorefaceError
+
+    pool = FacePool(embedder, workers=workers, max_faces=2)
+    limit = asyncio.Semaphore(pool.workers * 2)
+
+    async def one(path: Path) -> list[Face] | str:
+        async with limit:
+            try:
+                faces = (await pool.analyze(await asyncio.to_thread(path.read_bytes))).faces
+                return faces or NoFace.code
+            except StorefaceError as exc:
+                return exc.code
+            except OSError:
+                return "read_error"
+            finally:
+                if progress:
+                    progress(1)
+
+    try:
+        return list(await asyncio.gather(*(one(p) for p in paths)))
+    finally:
+        pool.close()
+
+
+# --- local search and verification -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    person: str
+    distance: float
+    path: str
+
+
+def embed_largest(pipeline: FacePipeline, path: Path) -> Face:
+    """The largest face of a photo, or NoFace; decode errors raise their StorefaceError."""
+    from shard_node.faces.pool import analyze_bytes
+    from storeface.errors import NoFace
+    from storeface.images import ImageLimits
+
+    faces = analyze_bytes(pipeline, path.read_bytes(), ImageLimits(), max_faces=1).faces
+    if not faces:
+        raise NoFace(f"no face was found in {path}")
+    return faces[0]
+
+
+def distance(a: np.ndarray, b: np.ndarray, metric: Metric) -> float:
+    from shard_node.faces.onnx_pipeline import distances
+
+    return float(distances(a.reshape(1, -1), b.reshape(1, -1), metric)[0, 0])
+
+
+def search_vectors(vectors: Vectors, query: np.ndarray, k: int) -> tuple[list[Hit], float]:
+    """Exact top-k by the file's metric, and the search time in ms."""
+    from shard_node.faces.onnx_pipeline import distances
+
+    t0 = time.perf_counter()
+    d = distances(vectors.embeddings, query.reshape(1, -1), vectors.metric)[0]
+    k = min(k, len(d))
+    top = np.argpartition(d, k - 1)[:k] if k else np.array([], dtype=int)
+    top = top[np.argsort(d[top], kind="stable")]
+    ms = (time.perf_counter() - t0) * 1000
+    hits = [
+        Hit(rank + 1, vectors.people[i], float(d[i]), vectors.paths[i])
+        for rank, i in enumerate(top)
+    ]
+    return hits, ms
+
+
+def _load_rgb(path: str) -> np.ndarray | None:
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray((ImageOps.exif_transpose(img) or img).convert("RGB"))
+    except OSError:
+        return None
+
+
+def plot_matches(
+    query: np.ndarray, box: tuple[int, int, int, int], hits: list[Hit], search_ms: float
+) -> Figure:
+    """The query (its face boxed) beside its matches, each titled rank, person, distance."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    fig = Figure(figsize=(2.6 * (len(hits) + 1), 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(hits) + 1, squeeze=False)[0]
+    axes[0].imshow(query)
+    x, y, w, h = box
+    axes[0].add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=2))
+    axes[0].set_title(f"query\nsearch {search_ms:.2f} ms", fontsize=9)
+    for ax, hit in zip(axes[1:], hits, strict=True):
+        photo = _load_rgb(hit.path)
+        if photo is not None:
+            ax.imshow(photo)
+        else:
+            ax.text(0.5, 0.5, "photo missing", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(
+            f"#{hit.rank} {hit.person.replace('_', ' ')}\nd={hit.distance:.3f}", fontsize=9
+        )
+    for ax in axes:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+@contextlib.contextmanager
+def _face_errors() -> Iterator[None]:
+    """A photo the pipeline cannot use ends the command with its error code, not a trace."""
+    from storeface.errors import StorefaceError
+
+    try:
+        yield
+    except StorefaceError as exc:
+        typer.echo(f"error {exc.code}: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _search_local(
+    image: Path, top_k: int, vectors_file: Path, plot: Path | None, as_json: bool
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from shard_node.faces.registry import make_pipeline
+
+    vectors = Vectors.load(vectors_file)
+    with _face_errors():
+        pipeline = make_pipeline(vectors.embedder)
+        face = embed_largest(pipeline, image)
+    hits, ms = search_vectors(vectors, face.embedding, top_k)
+    if as_json:
+        typer.echo(json.dumps({"search_ms": ms, "matches": [asdict(h) for h in hits]}))
+    else:
+        table = Table(title=f"{image.name}: top {len(hits)} of {len(vectors.paths)} ({ms:.2f} ms)")
+        for col in ("rank", "person", "distance", "path"):
+            table.add_column(col)
+        for h in hits:
+            table.add_row(str(h.rank), h.person, f"{h.distance:.4f}", h.path)
+        Console().print(table)
+    if plot is not None:
+        query = _load_rgb(str(image))
+        assert query is not None  # the pipeline has just decoded it
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_matches(query, face.box, hits, ms).savefig(plot)
+        typer.echo(f"plot written to {plot}")
+
+
+@app.command()
+def vectorize(
+    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="<person>/<photo>")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="vectors file (.npz) to write")],
+    embedder: EmbedderOpt = "dlib",
+    workers: Annotated[int, typer.Option(min=0, help="processes; 0 = one per core")] = 0,
+    skip_multiple: Annotated[
+        bool, typer.Option(help="skip photos with several faces instead of taking the largest")
+    ] = False,
+) -> None:
+    """Embed every photo of a folder in parallel into a vectors file (largest face of each)."""
+    from rich.progress import Progress
+
+    from shard_node.gallery import photos_by_person
+
+    total = sum(len(ps) for ps in photos_by_person(folder).values())
+    with Progress() as progress:
+        task = progress.add_task(f"vectorizing with {embedder}", total=total)
+        report = vectorize_folder(
+            folder, embedder, workers or None, skip_multiple, lambda n: progress.advance(task, n)
+        )
+    report.vectors.save(out)
+    typer.echo(report.summary())
+    for path, why in report.skipped:
+        typer.echo(f"  skipped {path}: {why}")
+    if report.several and not skip_multiple:
+        typer.echo(f"  the largest face was taken in {len(report.several)} photos with several")
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def search(
+    image: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1)] = 5,
+    vectors: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="search this vectors file")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="draw the query and its matches here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    store: Annotated[str | None, typer.Option(help="search a cluster store instead")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="STOREFACE_API_KEY", help="API key")
+    ] = None,
+) -> None:
+    """Top-k matches of the image's largest face, in a vectors file or a cluster store."""
+    if (vectors is None) == (store is None):
+        raise typer.BadParameter("give exactly one of --vectors FILE or --store STORE")
+    if vectors is not None:
+        _search_local(image, top_k, vectors, plot, as_json)
+        return
+    with _gateway(url, api_key) as client:
+        body = _call(
+            client,
+            "POST",
+            "/v1/search",
+            files={"image": _upload(image)},
+            data={"store_id": store, "top_k": str(top_k)},
+        )
+    _print_remote_matches(body, as_json)
+
+
+@app.command()
+def verify(
+    a: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    b: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    embedder: EmbedderOpt = "dlib",
+) -> None:
+    """Whether the largest faces of two photos are the same person, by the embedder's threshold."""
+    from shard_node.faces.registry import make_pipeline
+
+    with _face_errors():
+        pipeline = make_pipeline(embedder)
+        fa, fb = embed_largest(pipeline, a), embed_largest(pipeline, b)
+    info = pipeline.info
+    d = distance(fa.embedding, fb.embedding, info.metric)
+    verdict = "same person" if d <= info.threshold else "different people"
+    typer.echo(
+        f"{verdict}: distance {d:.4f} {'<=' if d <= info.threshold else '>'} threshold "
+        f"{info.threshold:.4f} ({info.name}, {info.metric})"
+    )
+
+
+# --- cluster commands --------------------------------------------------------------------
+
+
+class GatewayError(Exception):
+    """The gateway answered with an error, or could not be reached."""
+
+
+@contextlib.contextmanager
+def _gateway(url: str, api_key: str | None) -> Iterator[httpx.Client]:
+    import httpx
+
+    headers = {"X-API-Key": api_key} if api_key else {}
+    try:
+        with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60) as client:
+            yield client
+    except GatewayError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    """One request; a transport failure or an error status raises GatewayError."""
+    import httpx
+
+    try:
+        resp = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise GatewayError(f"cannot reach {client.base_url}: {exc}") from exc
+    if resp.is_error:
+        raise GatewayError(_error_text(resp))
+    return resp.json() if resp.content else {}
+
+
+def _error_text(resp: httpx.Response) -> str:
+    try:
+        err = resp.json().get("error", {})
+        return f"{resp.status_code} {err.get('code', 'error')}: {err.get('message', resp.text)}"
+    except (ValueError, AttributeError):
+        return f"{resp.status_code}: {resp.text[:200]}"
+
+
+def _error_code(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return f"http_{resp.status_code}"
+
+
+def _upload(path: Path) -> tuple[str, bytes, str]:
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return (path.name, path.read_bytes(), mime)
+
+
+def _print_remote_matches(body: Any, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if as_json:
+        typer.echo(json.dumps(body))
+        return
+    for n, face in enumerate(body.get("faces", []), 1):
+        table = Table(title=f"face {n} at {face.get('box')}")
+        for col in ("rank", "face_id", "label", "store", "distance"):
+            table.add_column(col)
+        for rank, m in enumerate(face.get("matches", []), 1):
+            table.add_row(
+                str(rank),
+                str(m.get("face_id")),
+                str(m.get("label") or ""),
+                str(m.get("store_id")),
+                f"{m.get('distance', float('nan')):.4f}",
+            )
+        Console().print(table)
+    if not body.get("faces"):
+        typer.echo("no faces")
+
+
+@dataclass
+class EnrollReport:
+    people: dict[str, int] = field(default_factory=dict)  # person → FaceId
+    added: int = 0
+    duplicate: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.people)} people, {self.added} photos added, {self.duplicate} duplicates, "
+            f"{len(self.skipped)} skipped"
+        )
+
+
+def enroll_person(
+    client: httpx.Client, store: str, person: str, photos: list[Path], report: EnrollReport
+) -> None:
+    """Enroll one person's photos: the first accepted photo creates the FaceId."""
+    import httpx
+
+    face_id: int | None = None
+    for photo in photos:
+        data = {"label": person} | ({"face_id": str(face_id)} if face_id is not None else {})
+        try:
+            resp = client.post(
+                f"/v1/stores/{store}/faces", files={"image": _upload(photo)}, data=data
+            )
+        except httpx.HTTPError as exc:
+            raise GatewayError(f"cannot reach {client.base_url}: {exc}") from exc
+        if 400 <= resp.status_code < 500 and resp.status_code not in (401, 403, 404):
+            report.skipped.append((str(photo), _error_code(resp)))
+            continue
+        if resp.is_error:
+            raise GatewayError(_error_text(resp))
+        body = resp.json()
+        face_id = int(body["face_id"])
+        report.people[person] = face_id
+        report.duplicate += bool(body.get("duplicate"))
+        report.added += not body.get("duplicate")
+
+
+@app.command()
+def enroll(
+    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="<person>/<photo>")],
+    store: Annotated[str, typer.Option(help="store id")],
+    url: UrlOpt = DEFAULT_URL,
+    api_key: AdminKeyOpt = None,
+) -> None:
+    """Enroll a <person>/<photo> folder into a cluster store, one FaceId per person."""
+    from rich.progress import Progress
+
+    from shard_node.gallery import photos_by_person
+
+    people = photos_by_person(folder)
+    report = EnrollReport()
+    with _gateway(url, api_key) as client, Progress() as progress:
+        task = progress.add_task(f"enrolling into {store}", total=len(people))
+        for person, photos in people.items():
+            enroll_person(client, store, person, photos, report)
+            progress.advance(task)
+    typer.echo(report.summary())
+    for path, why in report.skipped:
+        typer.echo(f"  skipped {path}: {why}")
+
+
+def _day(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is not a YYYY-MM-DD date") from exc
+
+
+def stats_rows(body: Any) -> list[dict[str, Any]]:
+    """The per-day rows of a stats answer: a `days` list, or a mapping of day → counters."""
+    days = body.get("days", body) if isinstance(body, dict) else body
+    if isinstance(days, dict):
+        return [{"day": k, **v} for k, v in sorted(days.items()) if isinstance(v, dict)]
+    return [d for d in days if isinstance(d, dict)] if isinstance(days, list) else []
+
+
+@app.command()
+def stats(
+    store: Annotated[str, typer.Option(help="store id")],
+    from_: Annotated[str | None, typer.Option("--from", help="first day, YYYY-MM-DD")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="last day, YYYY-MM-DD")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: AdminKeyOpt = None,
+) -> None:
+    """A store's visits by day: PV, UV, new and returning."""
+    from rich.console import Console
+    from rich.table import Table
+
+    params = {k: v for k, v in (("from", _day(from_)), ("to", _day(to))) if v is not None}
+    with _gateway(url, api_key) as client:
+        body = _call(client, "GET", f"/v1/stores/{store}/stats", params=params)
+    rows = stats_rows(body)
+    if not rows:
+        typer.echo(json.dumps(body, indent=2))
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = Table(title=f"store {store}")
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    Console().print(table)
+
+
+@app.command()
+def erase(
+    face_id: Annotated[int, typer.Argument(help="the FaceId to erase everywhere")],
+    url: UrlOpt = DEFAULT_URL,
+    api_key: AdminKeyOpt = None,
+) -> None:
+    """Erase a person everywhere: every store, every vector."""
+    with _gateway(url, api_key) as client:
+        body = _call(client, "DELETE", f"/v1/faces/{face_id}")
+    typer.echo(f"erased face {face_id}: {json.dumps(body)}")
+
+
+if __name__ == "__main__":
+    app()
