@@ -10,7 +10,7 @@ from storeface.stores import StoresFile
 # POSTs nginx may replay on the next replica: read-only or idempotent by design
 # (recognize dedupes registrations and visits; photo enrollment dedupes by content hash).
 FRONT_RETRYABLE = r"^/v1/(recognize|search|verify|stores/[^/]+/faces)$"
-SHARD_RETRYABLE = "v1/(identify|search|faces)"
+SHARD_RETRYABLE = "v1/(identify|search|faces|register)"
 NO_UPSTREAM = '{"error":{"code":"shard_unavailable","message":"no such store upstream"}}'
 
 

@@ -140,11 +140,9 @@ async def recognize(
             if not home.auto_register or face.quality.size < home.min_face_size:
                 results.append(_answer(face, None, None, False, None))
                 continue
-            reg = await gw.shards.enroll_embedding(
+            reg = await gw.shards.register(
                 home_urls,
-                wire.EnrollEmbeddingRequest(
-                    embedding=face.embedding, kind="visitor", register_threshold=threshold
-                ),
+                wire.RegisterRequest(embedding=face.embedding, threshold=threshold),
             )
             is_new = reg.created
             if is_new:

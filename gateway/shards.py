@@ -92,6 +92,11 @@ class ShardClient:
         )
         return wire.EnrollResponse.model_validate_json(r.content)
 
+    async def register(self, urls: list[str], req: wire.RegisterRequest) -> wire.EnrollResponse:
+        # Retry is safe: a retry finds the face the failed attempt may have stored.
+        r = await self._call(urls, "POST", "/v1/register", json=req.model_dump())
+        return wire.EnrollResponse.model_validate_json(r.content)
+
     async def enroll_image(
         self, urls: list[str], image: bytes, form: dict[str, str]
     ) -> wire.EnrollResponse:

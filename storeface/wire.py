@@ -70,6 +70,15 @@ class EnrollEmbeddingRequest(BaseModel):
     )
 
 
+class RegisterRequest(BaseModel):
+    """Register a visitor unless someone lies within `threshold`: safe to retry."""
+
+    embedding: list[float]
+    threshold: float = Field(gt=0)
+    kind: str = Field(default="visitor", pattern=r"^(gallery|visitor|member)$")
+    label: str = Field(default="", max_length=200)
+
+
 class EnrollResponse(BaseModel):
     face_id: int
     vec_id: int
