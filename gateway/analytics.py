@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+
+from gateway.models import DayStats
 
 VISITS_MAXLEN = 10_000
 STATS_TTL_S = 400 * 86400  # daily counters are kept a bit over a year
@@ -34,17 +35,6 @@ return 1 + first
 
 def day_of(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
-
-
-@dataclass
-class DayStats:
-    day: str
-    pv: int
-    uv: int
-    new: int
-    returning: int
-    member_visits: int
-    member_uv: int
 
 
 class Analytics:

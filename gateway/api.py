@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse
 from gateway import recognition
 from gateway.deps import Admin, ApiKey, GatewayDep, KeysDep
 from gateway.models import (
-    DayStatsModel,
     MemberBinding,
     MemberBindingResponse,
     RecognizeResponse,
@@ -164,7 +163,7 @@ async def stats(
         to=f"{last}",
         store_id=store_id,
         unique_visitors=await gw.analytics.unique_visitors(store_id, first, last),
-        days=[DayStatsModel(**d.__dict__) for d in days],
+        days=days,
     )
 
 

