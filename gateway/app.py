@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from gateway.analytics import Analytics
 from gateway.api import router
 from gateway.auth import KeyRing
-from gateway.recognition import Gateway
+from gateway.recognition import Counters, Gateway
 from gateway.routing import StoreMap
 from gateway.settings import GatewaySettings
 from gateway.shards import ShardClient
 from storeface.facedb import FaceDB
 from storeface.http import install_error_handlers
-from storeface.metrics import instrument
+from storeface.metrics import instrument, stage_observer
 
 
 def _secret(value: object) -> str | None:
@@ -47,6 +49,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 db=FaceDB(redis),
                 analytics=Analytics(redis, settings.visit_window_s),
                 fanout_deadline_s=settings.fanout_deadline_ms / 1000,
+                observe=stage_observer(registry, "gateway"),
             )
             app.state.gateway = gw
             _export_counters(gw, registry)
@@ -67,25 +70,27 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     return app
 
 
+class _CountersCollector(Collector):
+    """Exports the gateway's plain counters at scrape time."""
+
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.counters
+        yield CounterMetricFamily(
+            "storeface_fallback", "recognitions that fanned out to other stores", value=c.fallbacks
+        )
+        yield CounterMetricFamily(
+            "storeface_registrations", "new visitor FaceIds", value=c.registrations
+        )
+        degraded = CounterMetricFamily(
+            "storeface_degraded", "fan-outs a store missed", labels=["store"]
+        )
+        for store, n in sorted(c.degraded.items()):
+            degraded.add_metric([store], n)
+        yield degraded
+
+
 def _export_counters(gw: Gateway, registry: CollectorRegistry) -> None:
-    c = gw.counters
-    Gauge(
-        "storeface_fallback_total",
-        "recognitions that fanned out to other stores",
-        registry=registry,
-    ).set_function(lambda: c.fallbacks)
-    Gauge("storeface_registrations_total", "new visitor FaceIds", registry=registry).set_function(
-        lambda: c.registrations
-    )
-    degraded = Gauge(
-        "storeface_degraded_total", "fan-outs a store missed", ["store"], registry=registry
-    )
-
-    def collect_degraded() -> float:
-        for sid, n in c.degraded.items():
-            degraded.labels(sid).set(n)
-        return float(sum(c.degraded.values()))
-
-    Gauge(
-        "storeface_degraded_all_total", "fan-outs any store missed", registry=registry
-    ).set_function(collect_degraded)
+    registry.register(_CountersCollector(gw.counters))

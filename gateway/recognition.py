@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,7 @@ class Gateway:
     analytics: Analytics
     fanout_deadline_s: float
     counters: Counters = field(default_factory=Counters)
+    observe: Callable[[dict[str, float]], None] = lambda timings: None
 
 
 @dataclass
@@ -182,6 +184,7 @@ async def recognize(
     await gw.db.touch(list(counted), now)
     timings["redis_ms"] = (time.perf_counter() - t3) * 1000
     timings["total_ms"] = (time.perf_counter() - t0) * 1000
+    gw.observe(timings)
     return RecognizeResponse(
         store_id=home.id,
         faces=results,

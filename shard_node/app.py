@@ -24,7 +24,7 @@ from storeface.errors import ConfigError, EmbedderMismatch
 from storeface.facedb import FaceDB
 from storeface.http import install_error_handlers
 from storeface.images import ImageLimits
-from storeface.metrics import instrument
+from storeface.metrics import instrument, stage_observer
 from storeface.stores import StoreConfig, load_stores
 
 log = logging.getLogger("shard_node")
@@ -80,6 +80,7 @@ def create_app(settings: ShardSettings, store: StoreConfig | None = None) -> Fas
             db=db,
             threshold=store.threshold or info.threshold,
             register_lock_s=settings.register_lock_s,
+            observe=stage_observer(registry, "shard"),
         )
         app.state.shard = state
         Gauge(

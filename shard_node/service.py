@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,7 @@ class ShardState:
     db: FaceDB
     threshold: float
     register_lock_s: float = 5.0
+    observe: Callable[[dict[str, float]], None] = lambda timings: None
 
     def require_ready(self) -> None:
         if not self.replica.loaded:
@@ -74,6 +76,7 @@ async def identify(state: ShardState, image: bytes, top_k: int) -> wire.Identify
         rows = await _labelled(state, found)
     timings["pool_ms"] = (t1 - t0) * 1000
     timings["search_ms"] = (time.perf_counter() - t1) * 1000
+    state.observe(timings)
     return wire.IdentifyResponse(
         store_id=state.store.id,
         embedder=state.replica.info.name,

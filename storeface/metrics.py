@@ -11,6 +11,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+def stage_observer(registry: CollectorRegistry, service: str) -> Callable[[dict[str, float]], None]:
+    """A callback that records a response's `timings` (ms per stage) as a histogram."""
+    stages = Histogram(
+        "storeface_stage_seconds",
+        "time per pipeline stage",
+        ["service", "stage"],
+        registry=registry,
+        buckets=LATENCY_BUCKETS,
+    )
+
+    def observe(timings: dict[str, float]) -> None:
+        for stage, ms in timings.items():
+            stages.labels(service, stage.removesuffix("_ms")).observe(ms / 1000)
+
+    return observe
+
+
 def instrument(app: FastAPI, registry: CollectorRegistry, service: str) -> Histogram:
     """Time every request by route template and status; serve GET /metrics."""
     requests = Histogram(

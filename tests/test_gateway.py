@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -294,6 +295,16 @@ def test_stats_count_todays_visits(cluster: Cluster) -> None:
     # member and the degraded-run stranger, each one visit inside the dedupe window
     assert day["pv"] >= 4 and day["uv"] >= 4
     assert day["new"] + day["returning"] == day["uv"]
+
+
+def test_metrics_show_stages_fallbacks_and_registrations(cluster: Cluster) -> None:
+    text = httpx.get(f"{cluster.gateway.url}/metrics").text  # type: ignore[union-attr]
+    for stage in ("identify", "fanout", "register", "redis", "total"):
+        assert f'storeface_stage_seconds_count{{service="gateway",stage="{stage}"}}' in text
+    registrations = re.search(r"^storeface_registrations_total (\S+)$", text, re.M)
+    assert registrations and float(registrations.group(1)) >= 2
+    degraded = re.search(r'^storeface_degraded_total\{store="store-c"\} (\S+)$', text, re.M)
+    assert degraded and float(degraded.group(1)) >= 2
 
 
 def test_a_store_added_to_the_file_becomes_routable(cluster: Cluster, dev_set: EmbeddedSet) -> None:

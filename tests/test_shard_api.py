@@ -244,6 +244,7 @@ def test_metrics_and_health(client: httpx.Client) -> None:
     text = client.get("/metrics").text
     assert "storeface_http_request_seconds" in text
     assert "storeface_shard_vectors" in text
+    assert 'storeface_stage_seconds_count{service="shard",stage="embed"}' in text
 
 
 def test_unknown_face_for_photo_add_is_404(client: httpx.Client, faces: Path) -> None:
