@@ -196,17 +196,17 @@ def embed_largest(pipeline: FacePipeline, path: Path) -> Face:
 
 
 def distance(a: np.ndarray, b: np.ndarray, metric: Metric) -> float:
-    from shard_node.faces.onnx_pipeline import distances
+    from storeface.evaluation import distances
 
     return float(distances(a.reshape(1, -1), b.reshape(1, -1), metric)[0, 0])
 
 
 def search_vectors(vectors: Vectors, query: np.ndarray, k: int) -> tuple[list[Hit], float]:
     """Exact top-k by the file's metric, and the search time in ms."""
-    from shard_node.faces.onnx_pipeline import distances
+    from storeface.evaluation import distances
 
     t0 = time.perf_counter()
-    d = distances(vectors.embeddings, query.reshape(1, -1), vectors.metric)[0]
+    d = distances(query.reshape(1, -1), vectors.embeddings, vectors.metric)[0]
     k = min(k, len(d))
     top = np.argpartition(d, k - 1)[:k] if k else np.array([], dtype=int)
     top = top[np.argsort(d[top], kind="stable")]

@@ -15,13 +15,11 @@ from shard_node.faces.onnx_pipeline import (
     THRESHOLD,
     ModelMismatch,
     ModelMissing,
-    ProtocolScores,
     _similarity,
-    distances,
-    protocol_scores,
 )
 from shard_node.faces.registry import embedder_info, make_pipeline
 from storeface.dataset import EmbeddedSet, embed_folder, models_dir
+from storeface.evaluation import Nearest, distances, nearest, split
 
 # Measured with arcface_mobilefacenet_128.onnx (docs/models.md): rank-1 100%, TMR 95.5% and
 # FMR 0.97% at 0.56. The floors leave room for one or two photos, not for a broken pipeline.
@@ -46,8 +44,8 @@ def arcface_distractors(faces: Path) -> EmbeddedSet:
 
 
 @pytest.fixture(scope="session")
-def arcface_scores(arcface_dev: EmbeddedSet, arcface_distractors: EmbeddedSet) -> ProtocolScores:
-    return protocol_scores(arcface_dev, arcface_distractors, "cosine")
+def arcface_scores(arcface_dev: EmbeddedSet, arcface_distractors: EmbeddedSet) -> Nearest:
+    return nearest(split(arcface_dev, arcface_distractors), "cosine")
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -68,27 +66,28 @@ def test_finds_a_face_in_every_dev_photo(arcface_dev: EmbeddedSet) -> None:
 
 
 def test_identifies_dev_probes_at_least_as_well_as_dlib(
-    arcface_scores: ProtocolScores, dev_set: EmbeddedSet, distractor_set: EmbeddedSet
+    arcface_scores: Nearest, dev_set: EmbeddedSet, distractor_set: EmbeddedSet
 ) -> None:
-    dlib = protocol_scores(dev_set, distractor_set, "l2").at("dlib", 0.0)
-    ours = arcface_scores.at("arcface", THRESHOLD)
-    assert ours.positives == dlib.positives == 66
-    assert ours.rank1 >= dlib.rank1
-    assert ours.rank1 >= RANK1_FLOOR
+    dlib = nearest(split(dev_set, distractor_set), "l2")
+    assert len(arcface_scores.probe_correct) == len(dlib.probe_correct) == 66
+    assert arcface_scores.rank1 >= dlib.rank1
+    assert arcface_scores.rank1 >= RANK1_FLOOR
 
 
-def test_default_threshold_keeps_its_measured_error_rates(arcface_scores: ProtocolScores) -> None:
-    result = arcface_scores.at("arcface", embedder_info("arcface").threshold)
-    assert result.fmr <= FMR_CEILING
-    assert result.tmr >= TMR_FLOOR
-    assert arcface_scores.threshold_for(0.01) == pytest.approx(THRESHOLD)
+def test_default_threshold_keeps_its_measured_error_rates(arcface_scores: Nearest) -> None:
+    threshold = embedder_info("arcface").threshold
+    assert threshold == THRESHOLD
+    assert arcface_scores.fmr(threshold) <= FMR_CEILING
+    assert arcface_scores.tmr(threshold) >= TMR_FLOOR
 
 
-def test_threshold_for_is_the_largest_grid_value_within_the_target() -> None:
-    neg = np.array([0.30, 0.45, 0.52, 0.60, 0.70, 0.80, 0.90, 0.95, 0.97, 0.99])
-    scores = ProtocolScores(np.array([0.2]), np.array([True]), neg, gallery=1)
-    assert scores.threshold_for(0.10) == pytest.approx(0.44)  # 0.45 would match 2 of 10
-    assert scores.threshold_for(0.0) == pytest.approx(0.29)
+def test_threshold_at_fmr_is_the_largest_within_the_target() -> None:
+    strangers = np.array([0.30, 0.45, 0.52, 0.60, 0.70, 0.80, 0.90, 0.95, 0.97, 0.99])
+    scores = Nearest(np.array([0.2]), np.array([True]), strangers)
+    t = scores.threshold_at_fmr(0.10)
+    assert 0.30 <= t < 0.45  # 0.45 would match 2 of 10 strangers
+    assert scores.fmr(t) == pytest.approx(0.10)
+    assert scores.fmr(scores.threshold_at_fmr(0.0)) == 0.0
 
 
 def test_detects_two_small_faces_in_a_camera_frame(arcface: FacePipeline, faces: Path) -> None:
@@ -117,7 +116,7 @@ def test_detects_two_small_faces_in_a_camera_frame(arcface: FacePipeline, faces:
     embedded = arcface.embed(canvas, found)
     assert embedded.shape == (2, 128) and embedded.dtype == np.float32
     # The downscaled faces still match their originals, and not each other.
-    d = distances(np.array(originals), embedded, "cosine")
+    d = distances(embedded, np.array(originals), "cosine")
     assert d[0, 0] < THRESHOLD and d[1, 1] < THRESHOLD
     assert d[0, 1] > THRESHOLD and d[1, 0] > THRESHOLD
 
@@ -141,7 +140,8 @@ def test_the_fallback_similarity_inverts_a_known_transform() -> None:
 def test_info_needs_no_weights(tmp_path: Path) -> None:
     info = embedder_info("arcface", {"models_dir": str(tmp_path), "dim": 512})
     assert (info.name, info.dim, info.metric) == ("arcface", 512, "cosine")
-    assert "0.97%" in embedder_info("arcface").threshold_note
+    note = embedder_info("arcface").threshold_note
+    assert "false-match rate" in note and "true-match rate" in note
 
 
 def test_missing_detector_names_its_path(tmp_path: Path) -> None:

@@ -1,11 +1,10 @@
 """YuNet detection and ArcFace-format ONNX embeddings, both run with OpenCV's DNN module.
 
-Reproduce the default threshold: `python -m shard_node.faces.onnx_pipeline` (see docs/models.md).
+Its default threshold is measured by `python -m bench.accuracy --embedder arcface`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from shard_node.faces.base import Detection, EmbedderInfo, Metric
+from shard_node.faces.base import Detection, EmbedderInfo
 from storeface.errors import ConfigError
 
 DETECTOR_MODEL = "face_detection_yunet_2023mar.onnx"
@@ -37,17 +36,15 @@ ARCFACE_TEMPLATE = np.array(
     dtype=np.float32,
 )
 
-# Measured by `python -m shard_node.faces.onnx_pipeline` on ../shared/faces (see docs/models.md):
-# the largest threshold (0.01 grid) whose 1:N false-match rate is at most 1%.
+# Measured by `python -m bench.accuracy --embedder arcface` on ../shared/faces, the same
+# protocol as dlib's: gallery = first photo of each of the 42 lfw_dev people + every other
+# distractor (662 faces); probes = the other 66 lfw_dev photos + 619 never-enrolled strangers.
 THRESHOLD = 0.56
 THRESHOLD_NOTE = (
-    "cosine distance 0.56 for arcface_mobilefacenet_128.onnx + YuNet, measured by "
-    "`python -m shard_node.faces.onnx_pipeline` on ../shared/faces: gallery = first photo of "
-    "each of the 42 lfw_dev people + the first 620 lfw_distractors (sorted), probes = the 66 "
-    "other lfw_dev photos + the other 619 distractors (never enrolled). At 0.56: false-match "
-    "rate 0.97% (6/619 distractors), true-match rate 95.5% (63/66; false-reject 4.5%), rank-1 "
-    "100%. Small sample: one false match moves the FMR by 0.16 points (0.54: FMR 0.65%, TMR "
-    "93.9%; 0.58: FMR 1.45%, TMR 98.5%)."
+    "cosine distance 0.56 for arcface_mobilefacenet_128.onnx + YuNet: false-match rate 0.65% "
+    "(4/619 strangers), true-match rate 95.5% (63/66), rank-1 100%, on lfw_dev + 619 strangers "
+    "vs a 662-face gallery (`python -m bench.accuracy --embedder arcface`). Small sample: one "
+    "false match moves the FMR by 0.16 points; FMR reaches 1% at 0.566 (TMR 97.0%)."
 )
 
 
@@ -220,181 +217,3 @@ class ArcFacePipeline:
         self._net.setInput(blob)
         out = np.asarray(self._net.forward(), dtype=np.float32)
         return out.reshape(out.shape[0], -1)
-
-
-# --- measuring the threshold -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Identification:
-    """1:N results at one threshold on the lfw_dev + lfw_distractors protocol."""
-
-    embedder: str
-    threshold: float
-    rank1: float  # positive probes whose nearest gallery face is the right person
-    tmr: float  # ... and within the threshold
-    fmr: float  # distractor probes whose nearest gallery face is within the threshold
-    gallery: int
-    positives: int
-    distractors: int
-
-    def summary(self) -> str:
-        return (
-            f"{self.embedder}: threshold {self.threshold:.2f}, rank-1 {self.rank1:.1%}, "
-            f"TMR {self.tmr:.1%}, FMR {self.fmr:.2%} (gallery {self.gallery}: one photo of each "
-            f"lfw_dev person + first half of lfw_distractors; probes: {self.positives} other "
-            f"lfw_dev photos, {self.distractors} never-enrolled distractors)"
-        )
-
-
-def distances(gallery: np.ndarray, probes: np.ndarray, metric: Metric) -> np.ndarray:
-    """Probe × gallery distance matrix: 1 - cosine, or Euclidean."""
-    if metric == "cosine":
-        return 1.0 - l2_normalize(probes) @ l2_normalize(gallery).T
-    sq = (probes**2).sum(1)[:, None] + (gallery**2).sum(1)[None, :] - 2.0 * probes @ gallery.T
-    return np.sqrt(np.maximum(sq, 0.0))
-
-
-@dataclass(frozen=True)
-class ProtocolScores:
-    """Each probe's nearest gallery face: its distance, and whether it is the right person."""
-
-    pos_dist: np.ndarray
-    pos_correct: np.ndarray
-    neg_dist: np.ndarray
-    gallery: int
-
-    def at(self, embedder: str, threshold: float) -> Identification:
-        return Identification(
-            embedder=embedder,
-            threshold=threshold,
-            rank1=float(self.pos_correct.mean()),
-            tmr=float((self.pos_correct & (self.pos_dist <= threshold)).mean()),
-            fmr=float((self.neg_dist <= threshold).mean()),
-            gallery=self.gallery,
-            positives=len(self.pos_dist),
-            distractors=len(self.neg_dist),
-        )
-
-    def threshold_for(self, target_fmr: float, step: float = 0.01) -> float:
-        """The largest threshold on a `step` grid whose false-match rate is at most the target."""
-        neg = np.sort(self.neg_dist[np.isfinite(self.neg_dist)])
-        allowed = int(np.floor(target_fmr * len(self.neg_dist)))
-        ceiling = neg[allowed] if allowed < len(neg) else np.inf
-        t = np.floor(min(ceiling, 4.0) / step) * step
-        while t > 0 and (self.neg_dist <= t).mean() > target_fmr:  # floating-point edge
-            t -= step
-        return round(float(t), 4)
-
-
-def protocol_scores(dev: Any, distractors: Any, metric: Metric) -> ProtocolScores:
-    """Score two EmbeddedSets: gallery = each dev person's first photo with a face + the first
-    half (sorted) of the distractors; probes = the other dev photos + the other distractors.
-    A probe without a face counts as unmatched."""
-    first: dict[str, int] = {}
-    for i, (person, ok) in enumerate(zip(dev.people, dev.ok, strict=True)):
-        if ok and person not in first:
-            first[person] = i
-    half = (len(distractors.people) + 1) // 2
-    enrolled_d = [i for i in range(half) if distractors.ok[i]]
-    gallery = np.vstack([dev.embeddings[list(first.values())], distractors.embeddings[enrolled_d]])
-    labels = np.array(list(first) + [distractors.people[i] for i in enrolled_d])
-    pos = [i for i in range(len(dev.people)) if i not in set(first.values())]
-    neg = list(range(half, len(distractors.people)))
-    pos_d, pos_label = _nearest(gallery, labels, dev.embeddings[pos], dev.ok[pos], metric)
-    neg_d, _ = _nearest(gallery, labels, distractors.embeddings[neg], distractors.ok[neg], metric)
-    correct = pos_label == np.array([dev.people[i] for i in pos])
-    return ProtocolScores(pos_d, correct, neg_d, len(labels))
-
-
-def _nearest(
-    gallery: np.ndarray, labels: np.ndarray, probes: np.ndarray, ok: np.ndarray, metric: Metric
-) -> tuple[np.ndarray, np.ndarray]:
-    d = distances(gallery, probes, metric)
-    best = d.argmin(axis=1)
-    dist = np.where(ok, d[np.arange(len(probes)), best], np.inf)
-    return dist, np.where(ok, labels[best], "")
-
-
-def measure(
-    embedder: str = "arcface",
-    options: dict[str, Any] | None = None,
-    target_fmr: float = 0.01,
-    threshold: float | None = None,
-    cache_dir: Path | None = None,
-) -> tuple[Identification, np.ndarray, np.ndarray]:
-    """Measure on ../shared/faces: results at the picked (or given) threshold, and the
-    per-photo ms of lfw_dev and lfw_distractors (from the run that filled the cache)."""
-    from shard_node.faces.registry import embedder_info
-    from storeface.dataset import embed_folder, faces_dir
-
-    info = embedder_info(embedder, options)
-    dev = embed_folder(faces_dir() / "lfw_dev", embedder, options, cache_dir=cache_dir)
-    distractors = embed_folder(
-        faces_dir() / "lfw_distractors", embedder, options, cache_dir=cache_dir
-    )
-    scores = protocol_scores(dev, distractors, info.metric)
-    t = scores.threshold_for(target_fmr) if threshold is None else threshold
-    return scores.at(embedder, t), dev.ms_per_photo, distractors.ms_per_photo
-
-
-def ms_per_photo(embedder: str, folder: Path) -> dict[str, float]:
-    """Median ms per photo of decode, detect and embed (largest face), one photo at a time."""
-    import time
-
-    from shard_node.faces.pool import analyze_bytes
-    from shard_node.faces.registry import make_pipeline
-    from storeface.dataset import list_photos
-    from storeface.images import ImageLimits
-
-    pipeline = make_pipeline(embedder)
-    photos = [p.read_bytes() for _, p in list_photos(folder)]
-    analyze_bytes(pipeline, photos[0], ImageLimits(), 1)  # first call pays lazy set-up
-    rows: dict[str, list[float]] = {"total_ms": [], "detect_ms": [], "embed_ms": []}
-    for data in photos:
-        t0 = time.perf_counter()
-        timings = analyze_bytes(pipeline, data, ImageLimits(), 1).timings
-        rows["total_ms"].append((time.perf_counter() - t0) * 1000)
-        rows["detect_ms"].append(timings["detect_ms"])
-        rows["embed_ms"].append(timings["embed_ms"])
-    return {k: float(np.median(v)) for k, v in rows.items()}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Print the measured threshold, rank-1, TMR and FMR of an embedder, or its speed."""
-    parser = argparse.ArgumentParser(prog="python -m shard_node.faces.onnx_pipeline")
-    parser.add_argument("--embedder", action="append", help="repeatable; default arcface")
-    parser.add_argument("--target-fmr", type=float, default=0.01)
-    parser.add_argument("--threshold", type=float, help="report at this threshold instead")
-    parser.add_argument(
-        "--cache-dir", type=Path, help="embedding cache (default .cache/embeddings)"
-    )
-    parser.add_argument(
-        "--speed", action="store_true", help="time each embedder on lfw_dev, one core"
-    )
-    args = parser.parse_args(argv)
-    for embedder in args.embedder or ["arcface"]:
-        if args.speed:
-            # One core, one photo at a time: the cost a single pool worker pays.
-            cv2.setNumThreads(1)
-            ms = ms_per_photo(embedder, _faces_dir() / "lfw_dev")
-            print(f"{embedder}: " + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()))
-            continue
-        result, dev_ms, distractor_ms = measure(
-            embedder, target_fmr=args.target_fmr, threshold=args.threshold, cache_dir=args.cache_dir
-        )
-        print(result.summary())
-        print(
-            f"ms per photo (decode+detect+embed, median, from the run that filled the cache): "
-            f"lfw_dev {np.median(dev_ms):.1f}, lfw_distractors {np.median(distractor_ms):.1f}"
-        )
-
-
-def _faces_dir() -> Path:
-    from storeface.dataset import faces_dir
-
-    return faces_dir()
-
-
-if __name__ == "__main__":
-    main()
