@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import faiss
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Gauge
 from redis.asyncio import Redis
@@ -51,6 +52,7 @@ def create_app(settings: ShardSettings, store: StoreConfig | None = None) -> Fas
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        faiss.omp_set_num_threads(settings.search_threads)
         redis = Redis.from_url(settings.redis_url)
         db = FaceDB(redis)
         recorded = await db.claim_embedder(store.id, info.name)

@@ -95,8 +95,8 @@ class Replica:
         self.index, self.position, self.gen = index, position, gen
         # Writes between feed_head and the scan are in both; replaying them is harmless.
         await self._catch_up_locked()
-        if len(self.index) and len(self.index) >= self.policy.ivf_threshold:
-            await asyncio.to_thread(self.index.rebuild)
+        # A large store answers at once with exact search; IVF is trained behind it.
+        self._maybe_reshape()
 
     # --- the feed ------------------------------------------------------------------------
 

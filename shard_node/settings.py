@@ -24,6 +24,9 @@ class ShardSettings(BaseSettings):
     max_side: int = 1600
     max_faces: int = 10
     ivf_threshold: int = 50_000
+    # faiss threads per search: parallelism comes from concurrent requests, and OpenMP's
+    # thread hand-off costs more than a single query's work (bench/search.py).
+    search_threads: int = 1
     feed_block_ms: int = 500
     register_lock_s: float = 5.0
     models_dir: Path = Path("../shared/models")
