@@ -146,3 +146,18 @@ def test_replica_that_missed_trimmed_feed_rebuilds(
         assert [row[0][0] for row in _top(a.url, dev_set.embeddings[10:20], 1)] == more
     finally:
         a.stop()
+
+
+def test_a_node_with_another_embedder_is_refused(cluster: tuple[RedisServer, Path],
+                                                 tmp_path: Path, dev_set: EmbeddedSet) -> None:
+    """Mixing embedders in one store's index would make every distance meaningless."""
+    server, stores = cluster
+    a = ShardNode(STORE, stores, server.url, tmp_path / "a").start()
+    _enroll(a.url, dev_set.embeddings[0])
+    a.stop()
+    other = write_stores(tmp_path / "arcface.yaml", [{"id": STORE, "embedder": "arcface"}])
+    b = ShardNode(STORE, other, server.url, tmp_path / "b")
+    b.start(wait=False)
+    wait_until(lambda: not b.alive, 60, what="the arcface node to refuse the dlib store")
+    assert "holds dlib embeddings; this node runs arcface" in b.tail()
+    b.stop()
