@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from storeface.errors import ConfigError
+
 cli = typer.Typer(add_completion=False)
 
 
@@ -20,13 +22,12 @@ def serve(
     from gateway.settings import GatewaySettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    uvicorn.run(
-        create_app(GatewaySettings()),
-        host=host,
-        port=port,
-        log_level="warning",
-        timeout_graceful_shutdown=5,
-    )
+    try:
+        app = create_app(GatewaySettings())
+    except ConfigError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import typer
 import uvicorn
 
 from shard_node.settings import ShardSettings
+from storeface.errors import ConfigError
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True)
 
@@ -25,10 +26,12 @@ def serve(
     from shard_node.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = ShardSettings(store_id=store)
-    uvicorn.run(
-        create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5
-    )
+    try:
+        app = create_app(ShardSettings(store_id=store))
+    except (ConfigError, ValueError) as exc:  # an unknown store or embedder, a bad file
+        typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
+        raise typer.Exit(2) from exc
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
 @cli.command()

@@ -27,6 +27,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class ProcessDied(RuntimeError):
+    """A server under test exited while we waited for it: no point waiting longer."""
+
+
 def wait_until(
     check: Any, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"
 ) -> Any:
@@ -37,6 +41,8 @@ def wait_until(
             last = check()
             if last:
                 return last
+        except ProcessDied:
+            raise
         except Exception as exc:
             last = exc
         time.sleep(interval)
@@ -196,7 +202,7 @@ class ShardNode(Process):
     def wait_ready(self, timeout: float = 90.0) -> None:
         def ready() -> bool:
             if not self.alive:
-                raise RuntimeError(f"shard {self.store_id} exited:\n{self.tail()}")
+                raise ProcessDied(f"shard {self.store_id} exited:\n{self.tail()}")
             return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
 
         wait_until(ready, timeout, 0.2, what=f"shard {self.store_id} ready")
@@ -230,7 +236,7 @@ class GatewayNode(Process):
 
         def up() -> bool:
             if not self.alive:
-                raise RuntimeError(f"gateway exited:\n{self.tail()}")
+                raise ProcessDied(f"gateway exited:\n{self.tail()}")
             return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
 
         wait_until(up, 30, 0.1, what="gateway up")

@@ -148,8 +148,9 @@ def test_replica_that_missed_trimmed_feed_rebuilds(
         a.stop()
 
 
-def test_a_node_with_another_embedder_is_refused(cluster: tuple[RedisServer, Path],
-                                                 tmp_path: Path, dev_set: EmbeddedSet) -> None:
+def test_a_node_with_another_embedder_is_refused(
+    cluster: tuple[RedisServer, Path], tmp_path: Path, dev_set: EmbeddedSet
+) -> None:
     """Mixing embedders in one store's index would make every distance meaningless."""
     server, stores = cluster
     a = ShardNode(STORE, stores, server.url, tmp_path / "a").start()
