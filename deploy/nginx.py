@@ -11,6 +11,7 @@ from storeface.stores import StoresFile
 # (recognize dedupes registrations and visits; photo enrollment dedupes by content hash).
 FRONT_RETRYABLE = r"^/v1/(recognize|search|verify|stores/[^/]+/faces)$"
 SHARD_RETRYABLE = "v1/(identify|search|faces|register)"
+TOO_LARGE = '{"error":{"code":"image_too_large","message":"the upload is larger than 10 MB"}}'
 NO_UPSTREAM = '{"error":{"code":"shard_unavailable","message":"no such store upstream"}}'
 
 
@@ -92,6 +93,11 @@ http {{
     # The front door: cameras and tills.
     server {{
         listen {listen}{c.front_port};
+        error_page 413 = @too_large;
+        location @too_large {{
+            default_type application/json;
+            return 413 '{TOO_LARGE}';
+        }}
         location / {{
             proxy_pass http://gateway;
             proxy_next_upstream error timeout http_502 http_503 http_504;

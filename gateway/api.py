@@ -38,6 +38,7 @@ async def recognize(
     request: Request, gw: GatewayDep, keys: KeysDep, key: ApiKey, image: Image, store_id: StoreForm
 ) -> RecognizeResponse:
     """FaceIds for every face at a store's door: members, returning and new visitors."""
+    keys.require_any(key)  # strangers learn nothing, not even which stores exist
     gw.stores.route(store_id)
     keys.require_store(key, store_id)
     data = await read_upload(image, _limit(request))
@@ -56,6 +57,7 @@ async def search(
     everywhere: Annotated[bool, Form()] = False,
 ) -> SearchResponse:
     """Top-k matches with distances; no registration, no visit."""
+    keys.require_any(key)  # strangers learn nothing, not even which stores exist
     gw.stores.route(store_id)
     keys.require_store(key, store_id)
     data = await read_upload(image, _limit(request))
@@ -73,6 +75,7 @@ async def verify(
     store_id: Annotated[str | None, Form()] = None,
 ) -> VerifyResponse:
     """1:1: the largest face of each photo, same person or not."""
+    keys.require_any(key)
     store = store_id or gw.stores.config.stores[0].id
     gw.stores.route(store)
     keys.require_store(key, store)
@@ -150,6 +153,7 @@ async def stats(
     to: Annotated[dt.date | None, Query()] = None,
 ) -> StatsResponse:
     """Per day: PV, UV, new vs returning visitors, member visits."""
+    keys.require_any(key)  # strangers learn nothing, not even which stores exist
     gw.stores.route(store_id)
     keys.require_store(key, store_id)
     today = dt.datetime.now(dt.UTC).date()

@@ -142,6 +142,13 @@ def test_end_to_end_through_nginx(cluster: LocalCluster, faces: Path) -> None:
         stats = c.get("/v1/stores/store-a/stats").json()["days"][0]
         assert stats["pv"] == 1 and stats["uv"] == 1
         assert c.get("/docs").status_code == 200
+        huge = c.post(
+            "/v1/recognize",
+            files={"image": ("h.jpg", b"\xff" * 11_000_000)},
+            data={"store_id": "store-a"},
+        )
+        assert huge.status_code == 413
+        assert huge.json()["error"]["code"] == "image_too_large"  # JSON even from nginx
     log = (cluster.run_dir / "nginx" / "access.log").read_text()
     assert "POST /v1/recognize" in log and "rt=" in log
 

@@ -243,6 +243,7 @@ def test_keys_are_scoped(cluster: Cluster, dev_set: EmbeddedSet) -> None:
     img = Path(dev_set.paths[0]).read_bytes()
     with cluster.client(None) as c:
         assert recognize(c, "store-a", img).status_code == 401
+        assert recognize(c, "no-such-store", img).status_code == 401  # no store probing
     with cluster.client("wrong") as c:
         assert recognize(c, "store-a", img).status_code == 401
     with cluster.client(CAM_A) as c:
