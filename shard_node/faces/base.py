@@ -78,7 +78,6 @@ def analyze(
     embeddings = pipeline.embed(image.rgb, detections)
     timings["embed_ms"] = (time.perf_counter() - t1) * 1000
     inv = 1.0 / image.scale
-    gray = image.rgb.mean(axis=2)
     faces = []
     for det, emb in zip(detections, embeddings, strict=True):
         x0, y0 = max(0, int(det.x)), max(0, int(det.y))
@@ -90,7 +89,7 @@ def analyze(
                 box=box,
                 score=float(det.score),
                 size=min(box[2], box[3]),
-                blur=laplacian_variance(gray[y0:y1, x0:x1]),
+                blur=laplacian_variance(image.rgb[y0:y1, x0:x1].mean(axis=2)),
                 landmarks=[(round(px * inv, 1), round(py * inv, 1)) for px, py in det.landmarks],
                 embedding=np.asarray(emb, dtype=np.float32),
             )
