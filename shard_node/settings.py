@@ -23,7 +23,7 @@ class ShardSettings(BaseSettings):
     max_pixels: int = 40_000_000
     max_side: int = 1600
     max_faces: int = 10
-    ivf_threshold: int = 50_000
+    ivf_threshold: int = 100_000
     # faiss threads per search: parallelism comes from concurrent requests, and OpenMP's
     # thread hand-off costs more than a single query's work (bench/search.py).
     search_threads: int = 1
