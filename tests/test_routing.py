@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from gateway.routing import StoreMap
 from storeface.errors import ConfigError, UnknownStore
 from tests.support import GatewayNode, ProcessDied, write_stores
 
-STORES = [
+STORES: list[dict[str, Any]] = [
     {"id": "a", "region": "north"},
     {"id": "b", "region": "north"},
     {"id": "c", "region": "south"},
