@@ -584,3 +584,31 @@ def erase(
 
 if __name__ == "__main__":
     app()
+
+
+@app.command("fetch-models")
+def fetch_models(
+    dest: Annotated[Path, typer.Option(help="where the files go")] = Path("../shared/models"),
+    base_url: Annotated[
+        str | None, typer.Option(help="a mirror holding the same file names")
+    ] = None,
+) -> None:
+    """Download the default detector (YuNet) and an ArcFace-format recognizer (needs internet)."""
+    import httpx
+
+    from storeface.models_fetch import DEFAULTS, fetch, relocate
+
+    with httpx.Client(timeout=300) as client:
+        for model in DEFAULTS:
+            model = relocate(model, base_url)
+            try:
+                digest = fetch(model, dest, client)
+            except (httpx.HTTPError, ValueError, OSError) as exc:
+                typer.echo(f"failed: {model.name}: {exc}", err=True)
+                raise typer.Exit(1) from exc
+            check = "verified" if model.sha256 else "not published; pin it"
+            typer.echo(f"{dest / model.name}  sha256 {digest} ({check})  licence: {model.licence}")
+    typer.echo(
+        "For w600k_mbf.onnx (512-d) set embedder_options: {recognizer_model: "
+        "w600k_mbf.onnx, dim: 512} and measure its threshold with bench.accuracy."
+    )
