@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from bench.cluster import ROOT, free_port
 from bench.common import log, machine_info, summarize_ms, table, write_results
-from deploy.topology import find_binary
+from deploy.topology import redis_command
 from storeface.facedb import FaceDB
 
 STORE = "big"
@@ -97,17 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="storeface-restart-"))
     rport, sport = free_port(), free_port()
     redis = subprocess.Popen(
-        [
-            find_binary("redis-server"),
-            "--port",
-            str(rport),
-            "--dir",
-            str(work),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-        ],
+        redis_command(rport, "127.0.0.1", work),
         stdout=subprocess.DEVNULL,
         start_new_session=True,
     )

@@ -49,6 +49,27 @@ def shard_workers(cfg: StoresFile) -> int:
     return max(1, (os.cpu_count() or 1) // replicas)
 
 
+def redis_command(port: int, host: str, directory: Path) -> list[str]:
+    """redis-server as Storeface needs it: the append-only file on, no RDB snapshots."""
+    return [
+        find_binary("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        host,
+        "--dir",
+        str(directory),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+    ]
+
+
 def redis_url(cfg: StoresFile) -> str:
     return f"redis://{cfg.cluster.host}:{cfg.cluster.redis_port}/0"
 
@@ -70,27 +91,7 @@ def plan(
         ),
     }
     programs = [
-        Program(
-            "redis",
-            [
-                find_binary("redis-server"),
-                "--port",
-                str(c.redis_port),
-                "--bind",
-                c.host,
-                "--dir",
-                str(run_dir / "redis"),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-                "--protected-mode",
-                "no",
-            ],
-            port=c.redis_port,
-        )
+        Program("redis", redis_command(c.redis_port, c.host, run_dir / "redis"), port=c.redis_port)
     ]
     workers = shard_workers(cfg)
     for store in cfg.stores:

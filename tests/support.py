@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import yaml
 
-from deploy.topology import find_binary
+from deploy.topology import redis_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,21 +110,7 @@ class RedisServer(Process):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         super().__init__(
-            [
-                find_binary("redis-server"),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(directory),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-            ],
+            redis_command(self.port, "127.0.0.1", directory),
             directory / "redis.log",
         )
 
