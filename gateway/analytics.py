@@ -14,8 +14,9 @@ VISITS_MAXLEN = 10_000
 STATS_TTL_S = 400 * 86400  # daily counters are kept a bit over a year
 
 _RECORD = """
--- KEYS: seen, first_seen, pv, uv, new, member_pv, member_uv, visits, visited
+-- KEYS: seen, first_seen, pv, uv, new, member_pv, member_uv, visits, visited, face
 -- ARGV: fid, ts, window_s, is_member, store_id, ttl_s, visits_maxlen
+if redis.call('EXISTS', KEYS[10]) == 1 then redis.call('HSET', KEYS[10], 'last_seen', ARGV[2]) end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then return 0 end
 local first = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
 redis.call('INCR', KEYS[3])
@@ -48,7 +49,10 @@ class Analytics:
     async def record(
         self, store_id: str, face_id: int, is_member: bool, now: float | None = None
     ) -> str:
-        """Count a sighting: 'deduped' inside the window, else 'new' or 'returning'."""
+        """Count a sighting: 'deduped' inside the window, else 'new' or 'returning'.
+
+        The face's `last_seen` is updated in the same call (if the face still exists).
+        """
         ts = now if now is not None else time.time()
         day = day_of(ts)
         base = f"stats:{store_id}:{day}"
@@ -62,6 +66,7 @@ class Analytics:
             f"{base}:member_uv",
             f"visits:{store_id}",
             f"face:{face_id}:visited",
+            f"face:{face_id}",  # last_seen, on every sighting, deduped or not
         ]
         args: list[str | int] = [
             face_id,

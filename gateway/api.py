@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from gateway import recognition
 from gateway.deps import Admin, ApiKey, GatewayDep, KeysDep
@@ -21,6 +21,7 @@ from gateway.models import (
 )
 from storeface import wire
 from storeface.errors import FaceNotFound, InvalidRequest
+from storeface.http import model_response
 from storeface.uploads import read_upload
 
 router = APIRouter()
@@ -36,13 +37,13 @@ def _limit(request: Request) -> int:
 @router.post("/v1/recognize", response_model=RecognizeResponse)
 async def recognize(
     request: Request, gw: GatewayDep, keys: KeysDep, key: ApiKey, image: Image, store_id: StoreForm
-) -> RecognizeResponse:
+) -> Response:
     """FaceIds for every face at a store's door: members, returning and new visitors."""
     keys.require_any(key)  # strangers learn nothing, not even which stores exist
     gw.stores.route(store_id)
     keys.require_store(key, store_id)
     data = await read_upload(image, _limit(request))
-    return await recognition.recognize(gw, store_id, data)
+    return model_response(await recognition.recognize(gw, store_id, data))
 
 
 @router.post("/v1/search", response_model=SearchResponse)

@@ -181,7 +181,6 @@ async def recognize(
             continue
         counted.add(r.face_id)
         r.visit = await gw.analytics.record(home.id, r.face_id, bool(rec.member_id), now)
-    await gw.db.touch(list(counted), now)
     timings["redis_ms"] = (time.perf_counter() - t3) * 1000
     timings["total_ms"] = (time.perf_counter() - t0) * 1000
     gw.observe(timings)

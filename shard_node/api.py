@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from shard_node import service
 from shard_node.deps import State
 from storeface import wire
+from storeface.http import model_response
 from storeface.uploads import read_upload
 
 router = APIRouter()
@@ -20,14 +21,14 @@ async def identify(
     state: State,
     image: Annotated[UploadFile, File(description="a photo or camera frame")],
     top_k: Annotated[int, Form(ge=1, le=100)] = 5,
-) -> wire.IdentifyResponse:
+) -> Response:
     data = await read_upload(image, state.pool.limits.max_bytes)
-    return await service.identify(state, data, top_k)
+    return model_response(await service.identify(state, data, top_k))
 
 
 @router.post("/v1/search", response_model=wire.SearchResponse)
-async def search(state: State, body: wire.SearchRequest) -> wire.SearchResponse:
-    return await service.search(state, body)
+async def search(state: State, body: wire.SearchRequest) -> Response:
+    return model_response(await service.search(state, body))
 
 
 @router.post("/v1/faces", response_model=wire.EnrollResponse, status_code=201)

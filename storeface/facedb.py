@@ -135,11 +135,6 @@ class FaceDB:
         self.feed_maxlen = feed_maxlen
         self._add = redis.register_script(_ADD_VECTOR)
         self._erase = redis.register_script(_ERASE_FACE)
-        # HSET alone would resurrect an erased face as an empty record.
-        self._touch = redis.register_script(
-            "if redis.call('EXISTS', KEYS[1]) == 1 then "
-            "redis.call('HSET', KEYS[1], 'last_seen', ARGV[1]) end return 0"
-        )
 
     # --- ids -----------------------------------------------------------------------------
 
@@ -367,13 +362,3 @@ class FaceDB:
                 pipe.hget(f"member:{mid}", "profile")
             rows = await pipe.execute()
         return {mid: json.loads(raw) for mid, raw in zip(ids, rows, strict=True) if raw}
-
-    async def touch(self, face_ids: list[int], now: float | None = None) -> None:
-        """Update last_seen of faces that still exist."""
-        if not face_ids:
-            return
-        ts = f"{now or time.time():.3f}"
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for fid in face_ids:
-                await self._touch(keys=[f"face:{fid}"], args=[ts], client=pipe)
-            await pipe.execute()

@@ -6,12 +6,19 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from storeface.errors import StorefaceError
 
 log = logging.getLogger("storeface.http")
+
+
+def model_response(model: BaseModel, status_code: int = 200) -> Response:
+    """A pydantic model as JSON, serialised once: FastAPI would validate it all over again
+    against `response_model` (which stays on the route for the OpenAPI docs)."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 def error_response(exc: StorefaceError) -> JSONResponse:

@@ -65,3 +65,18 @@ def test_dedupe_window_is_a_real_expiry(redis_url: str) -> None:
         await redis.aclose()
 
     asyncio.run(run())
+
+
+def test_sightings_update_last_seen_but_never_resurrect_a_face(redis_url: str) -> None:
+    async def run() -> None:
+        redis = Redis.from_url(redis_url)
+        a = Analytics(redis, window_s=300)
+        await redis.hset("face:5", mapping={"kind": "visitor", "last_seen": "1.000"})
+        await a.record("s1", 5, False, now=DAY1)
+        await a.record("s1", 5, False, now=DAY1 + MIN)  # deduped, still a sighting
+        assert float(await redis.hget("face:5", "last_seen") or 0) == DAY1 + MIN
+        await a.record("s1", 6, False, now=DAY1)  # face 6 was erased meanwhile
+        assert not await redis.exists("face:6")
+        await redis.aclose()
+
+    asyncio.run(run())
