@@ -82,6 +82,17 @@ def start_node(
         time.sleep(0.05)
 
 
+def settled_index(c: httpx.Client, timeout: float = 300) -> dict[str, Any]:
+    """Wait until no background index rebuild (IVF training) is running."""
+    deadline = time.monotonic() + timeout
+    time.sleep(1.0)  # a rebuild starts right after the load
+    info: dict[str, Any] = c.get("/v1/info").json()
+    while info["rebuilding"] and time.monotonic() < deadline:
+        time.sleep(1.0)
+        info = c.get("/v1/info").json()
+    return info
+
+
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
     os.killpg(proc.pid, sig)
     proc.wait(120)
@@ -130,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                 q = vectors[np.random.default_rng(1).choice(args.faces, args.queries)]
                 lat = []
                 with httpx.Client(base_url=f"http://127.0.0.1:{sport}") as c:
+                    out["index"] = settled_index(c)
                     for v in q:
                         t0 = time.perf_counter()
                         c.post(
@@ -154,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     print(table(["case", "loaded from", "vectors", "ready (s)", "index load (s)"], rows))
     s = out["http_search_ms"]
     print(
-        f"\n/v1/search over HTTP at {args.faces} faces (Flat, top-5): "
+        f"\n/v1/search over HTTP at {args.faces} faces ({out['index']['index']}, nprobe "
+        f"{out['index']['nprobe']}, top-5): "
         f"p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms"
     )
     print(f"\nresults: {write_results(f'restart-{args.faces}', out)}")

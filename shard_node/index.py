@@ -119,6 +119,11 @@ class StoreIndex:
     def nprobe(self) -> int:
         return self._nprobe
 
+    @property
+    def rebuilding(self) -> bool:
+        """An IVF (re)training or a return to Flat is under way in the background."""
+        return self._rebuilding.locked()
+
     def __len__(self) -> int:
         return len(self._vec_face)
 

@@ -231,5 +231,6 @@ def info(state: ShardState) -> wire.InfoResponse:
         vectors=len(r.index),
         index=r.index.kind,
         nprobe=r.index.nprobe,
+        rebuilding=r.index.rebuilding,
         feed_position=r.position,
     )

@@ -106,6 +106,7 @@ class InfoResponse(BaseModel):
     vectors: int
     index: str
     nprobe: int
+    rebuilding: bool = False
     feed_position: str
 
 

@@ -76,6 +76,7 @@ def cluster(
         admin_key=ADMIN,
         camera_keys=f"{CAM_A}=store-a",
         fanout_deadline_ms="400",
+        shard_timeout_s="120",  # only the fan-out deadline can end a frozen shard's wait
     ).start()
     yield c
     c.gateway.stop()
@@ -168,7 +169,7 @@ def test_a_stopped_or_frozen_store_is_reported_degraded(
             body = recognize(c, "store-a", strangers[0]).json()
             assert body["degraded"] == ["store-c"]
             assert body["faces"][0]["face_id"] > 0
-            assert body["timings"]["fanout_ms"] < 5000  # the deadline held, not the 15 s timeout
+            # With a 120 s shard timeout and the client's 60 s, only the deadline answers.
         finally:
             c_node.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
         c_node.stop()

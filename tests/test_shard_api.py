@@ -49,7 +49,7 @@ def test_info_describes_store_and_embedder(client: httpx.Client) -> None:
     body = info(client)
     assert body["store_id"] == STORE
     assert (body["embedder"], body["dim"], body["metric"]) == ("dlib", 128, "l2")
-    assert body["index"] == "flat"
+    assert body["index"] == "flat" and body["rebuilding"] is False
     assert 0 < body["threshold"] < 0.6
 
 
