@@ -55,13 +55,7 @@ async def enroll_embedding(state: State, body: wire.EnrollEmbeddingRequest) -> w
 @router.post("/v1/register", response_model=wire.EnrollResponse)
 async def register(state: State, body: wire.RegisterRequest) -> wire.EnrollResponse:
     """The face's FaceId if it is known here, else a new one; idempotent, so retryable."""
-    req = wire.EnrollEmbeddingRequest(
-        embedding=body.embedding,
-        kind=body.kind,
-        label=body.label,
-        register_threshold=body.threshold,
-    )
-    return await service.enroll_embedding(state, req)
+    return await service.register(state, body)
 
 
 @router.delete("/v1/faces/{face_id}", response_model=wire.EraseResponse)

@@ -151,12 +151,31 @@ async def enroll_embedding(
     state: ShardState, req: wire.EnrollEmbeddingRequest
 ) -> wire.EnrollResponse:
     """Enroll a ready embedding; with `register_threshold`, register only if nobody is close."""
-    state.require_ready()
-    vec = state.replica.index.prepare(np.asarray(req.embedding, dtype=np.float32))[0]
-    if req.register_threshold is None or req.face_id is not None:
-        return await _store(
-            state, vec, face_id=req.face_id, label=req.label, member_id=req.member_id, kind=req.kind
+    if req.register_threshold is not None and req.face_id is None:
+        return await register(
+            state,
+            wire.RegisterRequest(
+                embedding=req.embedding,
+                threshold=req.register_threshold,
+                kind=req.kind,
+                label=req.label,
+            ),
         )
+    state.require_ready()
+    return await _store(
+        state,
+        np.asarray(req.embedding, dtype=np.float32),
+        face_id=req.face_id,
+        label=req.label,
+        member_id=req.member_id,
+        kind=req.kind,
+    )
+
+
+async def register(state: ShardState, req: wire.RegisterRequest) -> wire.EnrollResponse:
+    """The FaceId of whoever lies within `threshold`, else a new one: safe to retry."""
+    state.require_ready()
+    vec = np.asarray(req.embedding, dtype=np.float32)
     # Two cameras (or gateways) may see the same new person at once: one FaceId, not two.
     lock = state.db.redis.lock(
         f"lock:register:{state.store.id}",
@@ -167,14 +186,12 @@ async def enroll_embedding(
         await state.replica.catch_up()
         found = state.replica.index.search(vec[None, :], 1)[0]
         rows = await _labelled(state, [found])
-        if rows[0] and rows[0][0].distance <= req.register_threshold:
+        if rows[0] and rows[0][0].distance <= req.threshold:
             best = rows[0][0]
             return wire.EnrollResponse(
                 face_id=best.face_id, vec_id=0, created=False, distance=best.distance
             )
-        return await _store(
-            state, vec, face_id=None, label=req.label, member_id=req.member_id, kind=req.kind
-        )
+        return await _store(state, vec, face_id=None, label=req.label, member_id="", kind=req.kind)
 
 
 async def _store(
@@ -187,10 +204,10 @@ async def _store(
     kind: str,
     photo_sha: str = "",
 ) -> wire.EnrollResponse:
+    vec = state.replica.index.prepare(vec)[0]  # validated before a FaceId is spent on it
     created = face_id is None
     if face_id is None:
         face_id = await state.db.new_face_id()
-    vec = state.replica.index.prepare(vec)[0]
     result = await state.db.add_vector(
         state.store.id,
         face_id,
