@@ -235,9 +235,6 @@ class FaceDB:
     async def set_gallery_face(self, store_id: str, label: str, face_id: int) -> None:
         await self.redis.hset(f"store:{store_id}:gallery", label, face_id)
 
-    async def vector_count(self, store_id: str) -> int:
-        return int(await self.redis.hlen(f"store:{store_id}:vec"))
-
     # --- feed ----------------------------------------------------------------------------
 
     async def feed_head(self, store_id: str) -> tuple[str, int]:
@@ -306,9 +303,6 @@ class FaceDB:
             last_seen=float(r.get("last_seen") or 0),
             embedder=r.get("embedder", ""),
         )
-
-    async def face_stores(self, face_id: int) -> list[str]:
-        return sorted(_s(s) for s in await self.redis.smembers(f"face:{face_id}:stores"))
 
     async def erase_face(self, face_id: int) -> EraseResult:
         """Erase a person everywhere: every vector in every store, photo hashes, member."""
