@@ -10,6 +10,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from gateway import recognition
+from gateway.auth import KeyRing
 from gateway.deps import Admin, ApiKey, GatewayDep, KeysDep
 from gateway.models import (
     MemberBinding,
@@ -19,6 +20,7 @@ from gateway.models import (
     StatsResponse,
     VerifyResponse,
 )
+from gateway.recognition import Gateway
 from storeface import wire
 from storeface.errors import FaceNotFound, InvalidRequest
 from storeface.http import model_response
@@ -30,6 +32,14 @@ StoreForm = Annotated[str, Form(min_length=1, max_length=64)]
 Image = Annotated[UploadFile, File(description="a photo or camera frame")]
 
 
+def _allow(gw: Gateway, keys: KeyRing, key: str | None, store_id: str) -> None:
+    """A valid key first (strangers learn nothing, not even which stores exist), then the
+    store, then whether this key may act for it."""
+    keys.require_any(key)
+    gw.stores.route(store_id)
+    keys.require_store(key, store_id)
+
+
 def _limit(request: Request) -> int:
     return int(request.app.state.settings.max_image_bytes)
 
@@ -39,9 +49,7 @@ async def recognize(
     request: Request, gw: GatewayDep, keys: KeysDep, key: ApiKey, image: Image, store_id: StoreForm
 ) -> Response:
     """FaceIds for every face at a store's door: members, returning and new visitors."""
-    keys.require_any(key)  # strangers learn nothing, not even which stores exist
-    gw.stores.route(store_id)
-    keys.require_store(key, store_id)
+    _allow(gw, keys, key, store_id)
     data = await read_upload(image, _limit(request))
     return model_response(await recognition.recognize(gw, store_id, data))
 
@@ -58,9 +66,7 @@ async def search(
     everywhere: Annotated[bool, Form()] = False,
 ) -> SearchResponse:
     """Top-k matches with distances; no registration, no visit."""
-    keys.require_any(key)  # strangers learn nothing, not even which stores exist
-    gw.stores.route(store_id)
-    keys.require_store(key, store_id)
+    _allow(gw, keys, key, store_id)
     data = await read_upload(image, _limit(request))
     return await recognition.search(gw, store_id, data, top_k, everywhere)
 
@@ -76,10 +82,8 @@ async def verify(
     store_id: Annotated[str | None, Form()] = None,
 ) -> VerifyResponse:
     """1:1: the largest face of each photo, same person or not."""
-    keys.require_any(key)
     store = store_id or gw.stores.config.stores[0].id
-    gw.stores.route(store)
-    keys.require_store(key, store)
+    _allow(gw, keys, key, store)
     a, b = await asyncio.gather(
         read_upload(image_a, _limit(request)), read_upload(image_b, _limit(request))
     )
@@ -154,9 +158,7 @@ async def stats(
     to: Annotated[dt.date | None, Query()] = None,
 ) -> StatsResponse:
     """Per day: PV, UV, new vs returning visitors, member visits."""
-    keys.require_any(key)  # strangers learn nothing, not even which stores exist
-    gw.stores.route(store_id)
-    keys.require_store(key, store_id)
+    _allow(gw, keys, key, store_id)
     today = dt.datetime.now(dt.UTC).date()
     last = to or today
     first = from_ or last

@@ -24,6 +24,7 @@ from gateway.routing import StoreMap
 from gateway.shards import ShardClient
 from storeface import wire
 from storeface.errors import NoFace, StorefaceError
+from storeface.evaluation import distances
 from storeface.facedb import FaceDB, FaceRecord
 from storeface.stores import StoreConfig
 
@@ -268,12 +269,9 @@ async def verify(gw: Gateway, store_id: str, a: bytes, b: bytes) -> VerifyRespon
     for name, ident in (("image_a", ia), ("image_b", ib)):
         if not ident.faces:
             raise NoFace(f"no face in {name}", image=name)
-    ea = np.asarray(ia.faces[0].embedding, np.float32)
-    eb = np.asarray(ib.faces[0].embedding, np.float32)
-    if ia.metric == "cosine":
-        dist = 1.0 - float(ea @ eb / (np.linalg.norm(ea) * np.linalg.norm(eb)))
-    else:
-        dist = float(np.linalg.norm(ea - eb))
+    ea = np.asarray([ia.faces[0].embedding], np.float32)
+    eb = np.asarray([ib.faces[0].embedding], np.float32)
+    dist = float(distances(ea, eb, ia.metric)[0, 0])
     threshold = store.threshold or ia.threshold
     return VerifyResponse(
         same=dist <= threshold, distance=round(dist, 6), threshold=threshold, embedder=ia.embedder
