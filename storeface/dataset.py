@@ -56,28 +56,14 @@ class EmbeddedSet:
         )
 
 
-_worker: Any = None
-
-
-def _init(embedder: str, options: dict[str, Any]) -> None:
-    global _worker
-    import cv2
-
-    from shard_node.faces.registry import make_pipeline
-
-    cv2.setNumThreads(1)  # one core per worker: the pool decides the parallelism
-
-    _worker = make_pipeline(embedder, options)
-
-
 def _embed_one(path: str) -> tuple[np.ndarray | None, float]:
     import time
 
-    from shard_node.faces.pool import analyze_bytes
+    from shard_node.faces.pool import analyze_in_worker
     from storeface.images import ImageLimits
 
     t0 = time.perf_counter()
-    analysis = analyze_bytes(_worker, Path(path).read_bytes(), ImageLimits(), max_faces=1)
+    analysis = analyze_in_worker(Path(path).read_bytes(), ImageLimits(), max_faces=1)
     ms = (time.perf_counter() - t0) * 1000
     return (analysis.faces[0].embedding if analysis.faces else None), ms
 
@@ -90,6 +76,7 @@ def embed_folder(
     cache_dir: Path | None = None,
 ) -> EmbeddedSet:
     """Embed every photo of a folder through the real pipeline, cached by content."""
+    from shard_node.faces.pool import init_worker
     from shard_node.faces.registry import embedder_info
 
     options = dict(options or {})
@@ -108,7 +95,7 @@ def embed_folder(
 
     with ProcessPoolExecutor(
         workers or os.cpu_count(),
-        initializer=_init,
+        initializer=init_worker,
         initargs=(embedder, options),
         mp_context=multiprocessing.get_context("spawn"),
     ) as ex:

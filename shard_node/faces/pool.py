@@ -17,7 +17,8 @@ from storeface.images import ImageLimits, decode_image
 _pipeline: FacePipeline | None = None
 
 
-def _init_worker(embedder: str, options: dict[str, Any]) -> None:
+def init_worker(embedder: str, options: dict[str, Any]) -> None:
+    """Load the pipeline once in a worker process, pinned to one core."""
     global _pipeline
     # One core per worker: the pool, not the libraries, decides the parallelism.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -48,7 +49,8 @@ def analyze_bytes(
     return Analysis(faces=faces, width=image.width, height=image.height, timings=timings)
 
 
-def _work(data: bytes, limits: ImageLimits, max_faces: int) -> Analysis:
+def analyze_in_worker(data: bytes, limits: ImageLimits, max_faces: int) -> Analysis:
+    """`analyze_bytes` with the pipeline `init_worker` loaded into this process."""
     assert _pipeline is not None, "worker not initialised"
     return analyze_bytes(_pipeline, data, limits, max_faces)
 
@@ -75,7 +77,7 @@ class FacePool:
         self._executor = ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
+            initializer=init_worker,
             initargs=(embedder, dict(options or {})),
         )
 
@@ -89,7 +91,7 @@ class FacePool:
     async def analyze(self, data: bytes, max_faces: int | None = None) -> Analysis:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, _work, data, self.limits, max_faces or self.max_faces
+            self._executor, analyze_in_worker, data, self.limits, max_faces or self.max_faces
         )
 
     def close(self) -> None:
