@@ -32,6 +32,7 @@ class RunningCluster:
     admin_key: str
     run_dir: Path
     stores: list[str]
+    pid: int  # the launcher's: every process of the cluster runs under it
 
     def client(self, timeout: float = 120) -> httpx.Client:
         return httpx.Client(
@@ -41,9 +42,15 @@ class RunningCluster:
 
 @contextmanager
 def local_cluster(
-    stores: dict[str, dict[str, Any]], gateways: int = 1, timeout: float = 300
+    stores: dict[str, dict[str, Any]],
+    gateways: int = 1,
+    timeout: float = 300,
+    nodes: dict[str, dict[str, Any]] | None = None,
 ) -> Iterator[RunningCluster]:
-    """Start `python -m deploy.run` on free ports; Ctrl-C (SIGINT) it on the way out."""
+    """Start `python -m deploy.run` on free ports; Ctrl-C (SIGINT) it on the way out.
+
+    A store whose options name a `node` is hosted by that node group; others are groups of
+    their own."""
     work = Path(tempfile.mkdtemp(prefix="storeface-bench-"))
     ports = {
         "front_port": free_port(),
@@ -53,7 +60,11 @@ def local_cluster(
     }
     doc = {
         "cluster": {**ports, "gateway_replicas": gateways},
-        "stores": [{"id": sid, "port": free_port(), **opts} for sid, opts in stores.items()],
+        "nodes": [{"id": nid, "port": free_port(), **opts} for nid, opts in (nodes or {}).items()],
+        "stores": [
+            {"id": sid, **({} if "node" in opts else {"port": free_port()}), **opts}
+            for sid, opts in stores.items()
+        ],
     }
     (work / "stores.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     log = (work / "launcher.log").open("wb")
@@ -82,7 +93,11 @@ def local_cluster(
             time.sleep(0.5)
         key = yaml.safe_load((work / "run" / "keys.yaml").read_text())["admin_key"]
         yield RunningCluster(
-            f"http://127.0.0.1:{ports['front_port']}", key, work / "run", list(stores)
+            f"http://127.0.0.1:{ports['front_port']}",
+            key,
+            work / "run",
+            list(stores),
+            launcher.pid,
         )
     finally:
         if launcher.poll() is None:

@@ -63,7 +63,7 @@ def start_node(
 ) -> tuple[subprocess.Popen[bytes], float, dict[str, Any]]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shard_node", "serve", "--store", STORE, "--port", str(port)],
+        [sys.executable, "-m", "shard_node", "serve", "--node", STORE, "--port", str(port)],
         cwd=ROOT,
         env={**os.environ, **env},
         stdout=log_path.open("ab"),
@@ -86,10 +86,10 @@ def settled_index(c: httpx.Client, timeout: float = 300) -> dict[str, Any]:
     """Wait until no background index rebuild (IVF training) is running."""
     deadline = time.monotonic() + timeout
     time.sleep(1.0)  # a rebuild starts right after the load
-    info: dict[str, Any] = c.get("/v1/info").json()
+    info: dict[str, Any] = c.get(f"/v1/stores/{STORE}/info").json()
     while info["rebuilding"] and time.monotonic() < deadline:
         time.sleep(1.0)
-        info = c.get("/v1/info").json()
+        info = c.get(f"/v1/stores/{STORE}/info").json()
     return info
 
 

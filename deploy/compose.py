@@ -16,8 +16,8 @@ SHARD_PORT = 9000
 GATEWAY_PORT = 8000
 
 
-def shard_service(store_id: str, i: int) -> str:
-    return f"shard-{store_id}-{i}"
+def shard_service(node_id: str, i: int) -> str:
+    return f"shard-{node_id}-{i}"
 
 
 def _http_check(port: int, path: str) -> dict[str, Any]:
@@ -58,9 +58,11 @@ def render_compose(cfg: StoresFile) -> dict[str, Any]:
     }
     volumes: dict[str, Any] = {"redis-data": {}}
     shard_names = []
-    for s in cfg.stores:
-        for i in range(1, s.replicas + 1):
-            name = shard_service(s.id, i)
+    for g in cfg.groups():
+        if g.urls:  # replicas that run elsewhere
+            continue
+        for i in range(1, g.replicas + 1):
+            name = shard_service(g.id, i)
             shard_names.append(name)
             volumes[f"{name}-data"] = {}
             services[name] = {
@@ -70,8 +72,8 @@ def render_compose(cfg: StoresFile) -> dict[str, Any]:
                     "-m",
                     "shard_node",
                     "serve",
-                    "--store",
-                    s.id,
+                    "--node",
+                    g.id,
                     "--host",
                     "0.0.0.0",
                     "--port",
@@ -128,9 +130,9 @@ def render_nginx(cfg: StoresFile) -> str:
         gateway_addrs=[
             f"gateway-{i}:{GATEWAY_PORT}" for i in range(1, cfg.cluster.gateway_replicas + 1)
         ],
-        replica_addrs=lambda sid: [
-            f"{shard_service(sid, i)}:{SHARD_PORT}"
-            for i in range(1, (cfg.store(sid) or cfg.stores[0]).replicas + 1)
+        replica_addrs=lambda node_id: [
+            f"{shard_service(node_id, i)}:{SHARD_PORT}"
+            for i in range(1, len(cfg.replica_ports(node_id)) + 1)
         ],
     )
 

@@ -1,4 +1,4 @@
-"""nginx config from stores.yaml: the front door, and one upstream per store's replicas."""
+"""nginx config from stores.yaml: the front door, and one upstream per node group."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from storeface.stores import StoresFile
 # POSTs nginx may replay on the next replica: read-only or idempotent by design
 # (recognize dedupes registrations and visits; photo enrollment dedupes by content hash).
 FRONT_RETRYABLE = r"^/v1/(recognize|search|verify|stores/[^/]+/faces)$"
-SHARD_RETRYABLE = "v1/(identify|search|faces|register)"
+SHARD_RETRYABLE = "v1/(search|stores/[^/]+/(identify|faces|register))"
 TOO_LARGE = '{"error":{"code":"image_too_large","message":"the upload is larger than 10 MB"}}'
-NO_UPSTREAM = '{"error":{"code":"shard_unavailable","message":"no such store upstream"}}'
+NO_UPSTREAM = '{"error":{"code":"shard_unavailable","message":"no such node group upstream"}}'
 
 
 def render(
@@ -30,33 +30,34 @@ def render(
         f"{c.host}:{c.gateway_port + i}" for i in range(c.gateway_replicas)
     ]
 
-    def replicas(sid: str) -> list[str]:
+    def replicas(node_id: str) -> list[str]:
         if replica_addrs:
-            return replica_addrs(sid)
-        return [f"{c.host}:{p}" for p in cfg.replica_ports(sid)]
+            return replica_addrs(node_id)
+        return [f"{c.host}:{p}" for p in cfg.replica_ports(node_id)]
 
     logs = f"{run_dir}/" if run_dir else "/var/log/nginx/"
     pid = f"pid {run_dir}/nginx.pid;" if run_dir else ""
     listen = f"{host}:" if host else ""
     upstreams = []
-    for s in cfg.stores:
+    groups = [g for g in cfg.groups() if not g.urls]  # explicit URLs bypass nginx
+    for g in groups:
         servers = "\n".join(
-            f"        server {a} max_fails=1 fail_timeout=5s;" for a in replicas(s.id)
+            f"        server {a} max_fails=1 fail_timeout=5s;" for a in replicas(g.id)
         )
         upstreams.append(
-            f"    upstream store_{s.id.replace('-', '_')} {{\n{servers}\n"
+            f"    upstream node_{g.id.replace('-', '_')} {{\n{servers}\n"
             f"        keepalive 16;\n    }}"
         )
     locations = []
-    for s in cfg.stores:
-        up = f"store_{s.id.replace('-', '_')}"
-        locations.append(f"""        location ~ ^/{s.id}/({SHARD_RETRYABLE})$ {{
-            rewrite ^/{s.id}/(.*)$ /$1 break;
+    for g in groups:
+        up = f"node_{g.id.replace('-', '_')}"
+        locations.append(f"""        location ~ ^/{g.id}/({SHARD_RETRYABLE})$ {{
+            rewrite ^/{g.id}/(.*)$ /$1 break;
             proxy_pass http://{up};
             proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
             proxy_next_upstream_tries 3;
         }}
-        location /{s.id}/ {{
+        location /{g.id}/ {{
             proxy_pass http://{up}/;
             proxy_next_upstream error timeout http_502 http_503 http_504;
             proxy_next_upstream_tries 3;
@@ -110,7 +111,7 @@ http {{
         }}
     }}
 
-    # The gateways' way to each store's replicas.
+    # The gateways' way to each node group's replicas.
     server {{
         listen {listen}{c.shard_proxy_port};
 {chr(10).join(locations)}

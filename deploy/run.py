@@ -122,8 +122,8 @@ def port_free(host: str, port: int) -> bool:
 
 def wait_shards(cfg: StoresFile, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    for s in cfg.stores:
-        for port in cfg.replica_ports(s.id):
+    for g in cfg.groups():
+        for port in [] if g.urls else g.ports:
             url = f"http://{cfg.cluster.host}:{port}/readyz"
             while time.monotonic() < deadline:
                 try:
@@ -151,11 +151,14 @@ def wait_front(cfg: StoresFile, timeout: float) -> bool:
 def banner(cfg: StoresFile, keys: Path, seconds: float) -> str:
     c = cfg.cluster
     front = f"http://{c.host}:{c.front_port}"
-    stores = ", ".join(f"{s.id} ({s.replicas} replicas)" for s in cfg.stores)
+    nodes = "; ".join(
+        f"{g.id} ({g.replicas} replicas): {', '.join(g.stores) or 'no stores yet'}"
+        for g in cfg.groups()
+    )
     photo = "../shared/faces/lfw_dev/George_Clooney/George_Clooney_0001.jpg"
     return f"""
 Storeface is up in {seconds:.0f}s at {front}  (API docs: {front}/docs)
-  stores:  {stores}
+  nodes:   {nodes}
   keys:    {keys}  (the admin key and one camera key per store)
   try:     export KEY=$(.venv/bin/python -m deploy.run admin-key)
            curl -s -H "X-API-Key: $KEY" -F store_id=store-a -F image=@{photo} \\

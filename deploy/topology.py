@@ -45,7 +45,7 @@ def find_binary(name: str) -> str:
 
 def shard_workers(cfg: StoresFile) -> int:
     """Face-pipeline processes per replica: the cores shared by every replica on this host."""
-    replicas = sum(s.replicas for s in cfg.stores)
+    replicas = sum(g.replicas for g in cfg.groups() if not g.urls)
     return max(1, (os.cpu_count() or 1) // replicas)
 
 
@@ -94,18 +94,20 @@ def plan(
         Program("redis", redis_command(c.redis_port, c.host, run_dir / "redis"), port=c.redis_port)
     ]
     workers = shard_workers(cfg)
-    for store in cfg.stores:
-        for i, port in enumerate(cfg.replica_ports(store.id), start=1):
+    for group in cfg.groups():
+        if group.urls:  # replicas that run elsewhere
+            continue
+        for i, port in enumerate(group.ports, start=1):
             programs.append(
                 Program(
-                    f"shard-{store.id}-{i}",
+                    f"shard-{group.id}-{i}",
                     [
                         python,
                         "-m",
                         "shard_node",
                         "serve",
-                        "--store",
-                        store.id,
+                        "--node",
+                        group.id,
                         "--host",
                         c.host,
                         "--port",
@@ -115,7 +117,7 @@ def plan(
                         **common,
                         "STOREFACE_WORKERS": str(workers),
                         # each replica its own snapshot: two writers must never share one
-                        "STOREFACE_SNAPSHOT_DIR": str(run_dir / "snapshots" / f"{store.id}-{i}"),
+                        "STOREFACE_SNAPSHOT_DIR": str(run_dir / "snapshots" / f"{group.id}-{i}"),
                     },
                     port,
                 )

@@ -117,7 +117,7 @@ async def enroll(
     }
     if face_id is not None:
         form["face_id"] = str(face_id)
-    return await gw.shards.enroll_image(gw.stores.urls(store), data, form)
+    return await gw.shards.enroll_image(gw.stores.urls(store), store.id, data, form)
 
 
 @router.delete("/v1/faces/{face_id}", response_model=wire.EraseResponse, dependencies=[Admin])
@@ -181,17 +181,19 @@ async def healthz() -> wire.HealthResponse:
 
 @router.get("/readyz", response_model=wire.HealthResponse)
 async def readyz(gw: GatewayDep) -> JSONResponse:
-    """Ready when the config is loaded and Redis answers; shards are reported, per store."""
+    """Ready when the config is loaded and Redis answers; node groups are reported, with the
+    stores each hosts."""
     try:
         redis_ok = bool(await gw.db.redis.ping())
     except Exception:
         redis_ok = False
-    stores = gw.stores.config.stores
-    reach = await asyncio.gather(*(gw.shards.ready(gw.stores.urls(s)) for s in stores))
+    groups = gw.stores.config.groups()
+    reach = await asyncio.gather(*(gw.shards.ready(gw.stores.group_urls(g)) for g in groups))
     details = {
         "redis": redis_ok,
         "config_error": gw.stores.last_error,
-        "stores": {s.id: ok for s, ok in zip(stores, reach, strict=True)},
+        "nodes": {g.id: ok for g, ok in zip(groups, reach, strict=True)},
+        "stores": {sid: ok for g, ok in zip(groups, reach, strict=True) for sid in g.stores},
     }
     body = wire.HealthResponse(status="ready" if redis_ok else "not_ready", details=details)
     return JSONResponse(status_code=200 if redis_ok else 503, content=body.model_dump())

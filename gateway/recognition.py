@@ -64,30 +64,35 @@ class _Candidate:
 async def fan_out(
     gw: Gateway, home: StoreConfig, embeddings: list[list[float]], top_k: int
 ) -> tuple[list[list[_Candidate]], list[str]]:
-    """Search the other stores concurrently under one deadline; late or failed ones degrade."""
-    targets = gw.stores.fallback_targets(home)
+    """Search the other stores under one deadline: one call per node group, concurrently.
+
+    Stores whose group failed, was late, or did not have them loaded are `degraded`."""
+    targets = gw.stores.by_group(gw.stores.fallback_targets(home))
     merged: list[list[_Candidate]] = [[] for _ in embeddings]
     if not targets or not embeddings:
         return merged, []
     deadline = gw.fanout_deadline_s
     tasks = {
         asyncio.create_task(
-            gw.shards.search(gw.stores.urls(s), embeddings, top_k, deadline_s=deadline)
-        ): s.id
-        for s in targets
+            gw.shards.search(
+                gw.stores.group_urls(group), stores, embeddings, top_k, deadline_s=deadline
+            )
+        ): stores
+        for group, stores in targets
     }
     done, pending = await asyncio.wait(tasks, timeout=deadline)
     for t in pending:
         t.cancel()
-    degraded = sorted(tasks[t] for t in pending)
+    degraded = [sid for t in pending for sid in tasks[t]]
     for t in done:
-        sid = tasks[t]
         if t.exception() is not None:
-            degraded.append(sid)
-            log.warning("fan-out to %s failed: %s", sid, t.exception())
+            degraded += tasks[t]
+            log.warning("fan-out to %s failed: %s", ", ".join(tasks[t]), t.exception())
             continue
-        for row, matches in zip(merged, t.result().results, strict=True):
-            row += [_Candidate(m.face_id, sid, m.distance, m.label) for m in matches]
+        found = t.result()
+        degraded += found.missing
+        for row, matches in zip(merged, found.results, strict=True):
+            row += [_Candidate(m.face_id, m.store_id, m.distance, m.label) for m in matches]
     for row in merged:
         row.sort(key=lambda c: c.distance)
     for sid in degraded:
@@ -102,7 +107,7 @@ async def recognize(
     t0 = time.perf_counter()
     home = gw.stores.route(store_id)
     home_urls = gw.stores.urls(home)
-    ident = await gw.shards.identify(home_urls, image, top_k=1)
+    ident = await gw.shards.identify(home_urls, home.id, image, top_k=1)
     t1 = time.perf_counter()
     threshold = home.threshold or ident.threshold
     timings = {f"shard_{k}": v for k, v in ident.timings.items()}
@@ -138,13 +143,14 @@ async def recognize(
             cand = None  # erased since the index last heard: treat as unknown
         is_new = False
         if cand is not None and cand.store_id != home.id and home.learn_cross_store:
-            await _learn(gw, home_urls, face, cand.face_id)
+            await _learn(gw, home, face, cand.face_id)
         if cand is None:
             if not home.auto_register or face.quality.size < home.min_face_size:
                 results.append(_answer(face, None, None, False, None))
                 continue
             reg = await gw.shards.register(
                 home_urls,
+                home.id,
                 wire.RegisterRequest(embedding=face.embedding, threshold=threshold),
             )
             is_new = reg.created
@@ -193,11 +199,13 @@ async def recognize(
     )
 
 
-async def _learn(gw: Gateway, home_urls: list[str], face: wire.ShardFace, face_id: int) -> None:
+async def _learn(gw: Gateway, home: StoreConfig, face: wire.ShardFace, face_id: int) -> None:
     """Add a cross-store face's embedding at home, so the next visit matches locally."""
     try:
         await gw.shards.enroll_embedding(
-            home_urls, wire.EnrollEmbeddingRequest(embedding=face.embedding, face_id=face_id)
+            gw.stores.urls(home),
+            home.id,
+            wire.EnrollEmbeddingRequest(embedding=face.embedding, face_id=face_id),
         )
     except StorefaceError as exc:  # learning is an optimisation; the answer stands
         log.warning("could not learn face %s at home: %s", face_id, exc.message)
@@ -227,7 +235,7 @@ async def search(
 ) -> SearchResponse:
     """Top-k matches per face at home (and in the fallback stores), no side effects."""
     home = gw.stores.route(store_id)
-    ident = await gw.shards.identify(gw.stores.urls(home), image, top_k=top_k)
+    ident = await gw.shards.identify(gw.stores.urls(home), home.id, image, top_k=top_k)
     rows: list[list[_Candidate]] = [
         [_Candidate(m.face_id, home.id, m.distance, m.label) for m in f.matches]
         for f in ident.faces
@@ -265,7 +273,9 @@ async def verify(gw: Gateway, store_id: str, a: bytes, b: bytes) -> VerifyRespon
     """1:1: are the largest faces of two photos the same person?"""
     store = gw.stores.route(store_id)
     urls = gw.stores.urls(store)
-    ia, ib = await asyncio.gather(gw.shards.identify(urls, a, 1), gw.shards.identify(urls, b, 1))
+    ia, ib = await asyncio.gather(
+        gw.shards.identify(urls, store.id, a, 1), gw.shards.identify(urls, store.id, b, 1)
+    )
     for name, ident in (("image_a", ia), ("image_b", ib)):
         if not ident.faces:
             raise NoFace(f"no face in {name}", image=name)

@@ -3,52 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 
-from storeface.errors import ConfigError, UnknownStore
-from storeface.stores import StoreConfig, StoresFile, load_stores
-
-log = logging.getLogger("gateway.routing")
+from storeface.errors import UnknownStore
+from storeface.stores import NodeGroup, StoreConfig, WatchedStoresFile
 
 
-class StoreMap:
-    """Current routing table; `check()` reloads it when the file changed."""
+class StoreMap(WatchedStoresFile):
+    """Current routing table: store → node group → where the group's replicas answer."""
 
     def __init__(self, path: Path, shard_proxy: str | None = None) -> None:
-        self.path = path
+        super().__init__(path)
         self.shard_proxy = shard_proxy.rstrip("/") if shard_proxy else None
-        self.config: StoresFile = load_stores(path)  # invalid at start-up: refuse to start
-        self.last_error: str | None = None
-        self._stamp = self._file_stamp()
-
-    def _file_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
-
-    def check(self) -> bool:
-        """Reload if the file changed; True when a new map was taken."""
-        stamp = self._file_stamp()
-        if stamp == self._stamp:
-            return False
-        self._stamp = stamp
-        try:
-            config = load_stores(self.path)
-        except ConfigError as exc:
-            self.last_error = exc.message
-            log.error("keeping the last good store map: %s", exc.message)
-            return False
-        added = {s.id for s in config.stores} - {s.id for s in self.config.stores}
-        self.config, self.last_error = config, None
-        log.info(
-            "store map reloaded: %d stores%s",
-            len(config.stores),
-            f" (new: {', '.join(sorted(added))})" if added else "",
-        )
-        return True
 
     async def watch(self, interval: float) -> None:
         while True:
@@ -61,10 +27,17 @@ class StoreMap:
             raise UnknownStore(f"no store {store_id!r}", store_id=store_id)
         return store
 
+    def group(self, store: StoreConfig) -> NodeGroup:
+        return self.config.group_of(store.id)
+
     def urls(self, store: StoreConfig) -> list[str]:
-        if self.shard_proxy and not store.shard_urls:
-            return [f"{self.shard_proxy}/{store.id}"]
-        return self.config.shard_urls(store.id)
+        """The replicas (or the nginx upstream) of the node group hosting a store."""
+        return self.group_urls(self.group(store))
+
+    def group_urls(self, group: NodeGroup) -> list[str]:
+        if self.shard_proxy and not group.urls:
+            return [f"{self.shard_proxy}/{group.id}"]
+        return self.config.node_urls(group.id)
 
     def fallback_targets(self, home: StoreConfig) -> list[StoreConfig]:
         """The other stores a face unknown at home is searched in, per the home's policy."""
@@ -78,3 +51,11 @@ class StoreMap:
         if home.fallback == "list":
             return [s for s in others if s.id in home.fallback_stores]
         return others
+
+    def by_group(self, stores: list[StoreConfig]) -> list[tuple[NodeGroup, list[str]]]:
+        """Stores grouped by the node group hosting them: one call per group."""
+        out: dict[str, tuple[NodeGroup, list[str]]] = {}
+        for s in stores:
+            group = self.group(s)
+            out.setdefault(group.id, (group, []))[1].append(s.id)
+        return list(out.values())

@@ -1,4 +1,4 @@
-"""Talking to shard nodes: one pooled httpx client, failover across a store's URLs."""
+"""Talking to shard node groups: one pooled httpx client, failover across a group's URLs."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _raise_for_error(r: httpx.Response) -> None:
 
 
 class ShardClient:
-    """Calls to a store's shard; each URL is tried in turn on connection errors and 5xx."""
+    """Calls to a node group; each URL is tried in turn on connection errors and 5xx."""
 
     def __init__(self, client: httpx.AsyncClient, timeout: float) -> None:
         self.client = client
@@ -62,11 +62,13 @@ class ShardClient:
                 log.warning("shard %s%s failed: %s", url, path, exc)
         raise ShardUnavailable(f"no replica answered: {last}")
 
-    async def identify(self, urls: list[str], image: bytes, top_k: int) -> wire.IdentifyResponse:
+    async def identify(
+        self, urls: list[str], store_id: str, image: bytes, top_k: int
+    ) -> wire.IdentifyResponse:
         r = await self._call(
             urls,
             "POST",
-            "/v1/identify",
+            f"/v1/stores/{store_id}/identify",
             files={"image": ("image", image)},
             data={"top_k": str(top_k)},
         )
@@ -75,34 +77,46 @@ class ShardClient:
     async def search(
         self,
         urls: list[str],
+        stores: list[str],
         embeddings: list[list[float]],
         top_k: int,
         deadline_s: float | None = None,
     ) -> wire.SearchResponse:
-        body = wire.SearchRequest(embeddings=embeddings, top_k=top_k).model_dump()
+        """One call searches every listed store the group hosts."""
+        body = wire.SearchRequest(embeddings=embeddings, top_k=top_k, stores=stores).model_dump()
         r = await self._call(urls, "POST", "/v1/search", json=body, deadline_s=deadline_s)
         return wire.SearchResponse.model_validate_json(r.content)
 
     async def enroll_embedding(
-        self, urls: list[str], req: wire.EnrollEmbeddingRequest
+        self, urls: list[str], store_id: str, req: wire.EnrollEmbeddingRequest
     ) -> wire.EnrollResponse:
         # Not retried on another replica: the first may have stored it before failing.
         r = await self._call(
-            urls, "POST", "/v1/faces/embedding", json=req.model_dump(), retry=False
+            urls,
+            "POST",
+            f"/v1/stores/{store_id}/faces/embedding",
+            json=req.model_dump(),
+            retry=False,
         )
         return wire.EnrollResponse.model_validate_json(r.content)
 
-    async def register(self, urls: list[str], req: wire.RegisterRequest) -> wire.EnrollResponse:
+    async def register(
+        self, urls: list[str], store_id: str, req: wire.RegisterRequest
+    ) -> wire.EnrollResponse:
         # Retry is safe: a retry finds the face the failed attempt may have stored.
-        r = await self._call(urls, "POST", "/v1/register", json=req.model_dump())
+        r = await self._call(urls, "POST", f"/v1/stores/{store_id}/register", json=req.model_dump())
         return wire.EnrollResponse.model_validate_json(r.content)
 
     async def enroll_image(
-        self, urls: list[str], image: bytes, form: dict[str, str]
+        self, urls: list[str], store_id: str, image: bytes, form: dict[str, str]
     ) -> wire.EnrollResponse:
         # Retry is safe: the same photo is recognised by its hash and not added twice.
         r = await self._call(
-            urls, "POST", "/v1/faces", files={"image": ("image", image)}, data=form
+            urls,
+            "POST",
+            f"/v1/stores/{store_id}/faces",
+            files={"image": ("image", image)},
+            data=form,
         )
         return wire.EnrollResponse.model_validate_json(r.content)
 

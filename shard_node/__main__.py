@@ -1,4 +1,4 @@
-"""`python -m shard_node serve|ingest`: run a replica, or ingest a folder into a store."""
+"""`python -m shard_node serve|ingest`: run a node group's replica, or ingest a folder."""
 
 from __future__ import annotations
 
@@ -18,16 +18,18 @@ cli = typer.Typer(add_completion=False, no_args_is_help=True)
 
 @cli.command()
 def serve(
-    store: Annotated[str, typer.Option(help="store id in stores.yaml")],
+    node: Annotated[
+        str, typer.Option(help="node group id in stores.yaml (a store without node: is one)")
+    ],
     port: Annotated[int, typer.Option()] = 9100,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
 ) -> None:
-    """Run one replica of a store's shard node."""
+    """Run one replica of a shard node group: it hosts every store of the group."""
     from shard_node.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        app = create_app(ShardSettings(store_id=store))
+        app = create_app(ShardSettings(node_id=node))
     except (ConfigError, ValueError) as exc:  # an unknown store or embedder, a bad file
         typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
         raise typer.Exit(2) from exc
@@ -45,15 +47,19 @@ def ingest(
     from redis.asyncio import Redis
     from rich.progress import Progress
 
-    from shard_node.app import embedder_options, store_config
+    from shard_node.app import embedder_options
     from shard_node.faces.pool import FacePool
     from shard_node.faces.registry import embedder_info
     from shard_node.gallery import ingest_folder, photos_by_person
     from storeface.facedb import FaceDB
+    from storeface.stores import load_stores
 
-    settings = ShardSettings(store_id=store)
-    cfg = store_config(settings)
-    options = embedder_options(cfg, settings)
+    settings = ShardSettings(node_id="")
+    stores = load_stores(settings.stores_file)
+    cfg = stores.store(store)
+    if cfg is None:
+        raise typer.BadParameter(f"store {store!r} is not in {settings.stores_file}")
+    options = embedder_options(stores.group_of(store), settings)
     info = embedder_info(cfg.embedder, options)
     total = sum(len(p) for p in photos_by_person(folder).values())
 

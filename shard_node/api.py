@@ -1,14 +1,14 @@
-"""HTTP routes of the shard node: thin views over shard_node.service."""
+"""HTTP routes of the shard node: thin views over shard_node.service, scoped by store."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from shard_node import service
-from shard_node.deps import State
+from shard_node.deps import NodeDep, Store
 from storeface import wire
 from storeface.http import model_response
 from storeface.uploads import read_upload
@@ -16,9 +16,9 @@ from storeface.uploads import read_upload
 router = APIRouter()
 
 
-@router.post("/v1/identify", response_model=wire.IdentifyResponse)
+@router.post("/v1/stores/{store_id}/identify", response_model=wire.IdentifyResponse)
 async def identify(
-    state: State,
+    state: Store,
     image: Annotated[UploadFile, File(description="a photo or camera frame")],
     top_k: Annotated[int, Form(ge=1, le=100)] = 5,
 ) -> Response:
@@ -27,13 +27,14 @@ async def identify(
 
 
 @router.post("/v1/search", response_model=wire.SearchResponse)
-async def search(state: State, body: wire.SearchRequest) -> Response:
-    return model_response(await service.search(state, body))
+async def search(node: NodeDep, body: wire.SearchRequest) -> Response:
+    """One call searches any of the group's stores; matches come tagged with their store."""
+    return model_response(await service.search(node, body))
 
 
-@router.post("/v1/faces", response_model=wire.EnrollResponse, status_code=201)
+@router.post("/v1/stores/{store_id}/faces", response_model=wire.EnrollResponse, status_code=201)
 async def enroll_image(
-    state: State,
+    state: Store,
     image: Annotated[UploadFile, File()],
     face_id: Annotated[int | None, Form(ge=1)] = None,
     label: Annotated[str, Form(max_length=200)] = "",
@@ -47,25 +48,33 @@ async def enroll_image(
     )
 
 
-@router.post("/v1/faces/embedding", response_model=wire.EnrollResponse, status_code=201)
-async def enroll_embedding(state: State, body: wire.EnrollEmbeddingRequest) -> wire.EnrollResponse:
+@router.post(
+    "/v1/stores/{store_id}/faces/embedding", response_model=wire.EnrollResponse, status_code=201
+)
+async def enroll_embedding(state: Store, body: wire.EnrollEmbeddingRequest) -> wire.EnrollResponse:
     return await service.enroll_embedding(state, body)
 
 
-@router.post("/v1/register", response_model=wire.EnrollResponse)
-async def register(state: State, body: wire.RegisterRequest) -> wire.EnrollResponse:
+@router.post("/v1/stores/{store_id}/register", response_model=wire.EnrollResponse)
+async def register(state: Store, body: wire.RegisterRequest) -> wire.EnrollResponse:
     """The face's FaceId if it is known here, else a new one; idempotent, so retryable."""
     return await service.register(state, body)
 
 
 @router.delete("/v1/faces/{face_id}", response_model=wire.EraseResponse)
-async def erase(state: State, face_id: int) -> wire.EraseResponse:
-    return await service.erase(state, face_id)
+async def erase(node: NodeDep, face_id: int) -> wire.EraseResponse:
+    """Erase a person everywhere (a FaceId is chain-wide), and from this node at once."""
+    return await service.erase(node, face_id)
 
 
-@router.get("/v1/info", response_model=wire.InfoResponse)
-async def info(state: State) -> wire.InfoResponse:
-    return service.info(state)
+@router.get("/v1/stores/{store_id}/info", response_model=wire.InfoResponse)
+async def store_info(node: NodeDep, store_id: str) -> wire.InfoResponse:
+    return service.store_info(node.hosted(store_id))
+
+
+@router.get("/v1/info", response_model=wire.NodeInfoResponse)
+async def info(node: NodeDep) -> wire.NodeInfoResponse:
+    return service.node_info(node)
 
 
 @router.get("/healthz", response_model=wire.HealthResponse)
@@ -74,14 +83,22 @@ async def healthz() -> wire.HealthResponse:
 
 
 @router.get("/readyz", response_model=wire.HealthResponse)
-async def readyz(state: State) -> JSONResponse:
-    r = state.replica
+async def readyz(request: Request, node: NodeDep) -> JSONResponse:
+    """Ready once the pipeline workers are up and every store it serves is loaded."""
+    ready = node.loaded and request.app.state.warm.done()
     details = {
-        "store_id": state.store.id,
-        "loaded": r.loaded,
-        "loaded_from": r.loaded_from,
-        "load_seconds": round(r.load_seconds, 3),
-        "vectors": len(r.index),
+        "node_id": node.node_id,
+        "workers_ready": request.app.state.warm.done(),
+        "stores": {
+            sid: {
+                "loaded": st.replica.loaded,
+                "loaded_from": st.replica.loaded_from,
+                "load_seconds": round(st.replica.load_seconds, 3),
+                "vectors": len(st.replica.index),
+                **({"refused": st.refused} if st.refused else {}),
+            }
+            for sid, st in sorted(node.stores.items())
+        },
     }
-    body = wire.HealthResponse(status="ready" if r.loaded else "loading", details=details)
-    return JSONResponse(status_code=200 if r.loaded else 503, content=body.model_dump())
+    body = wire.HealthResponse(status="ready" if ready else "loading", details=details)
+    return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())

@@ -6,12 +6,18 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from shard_node.service import ShardState
+from shard_node.node import Node, StoreState
 
 
-def get_state(request: Request) -> ShardState:
-    state: ShardState = request.app.state.shard
-    return state
+def get_node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    return node
 
 
-State = Annotated[ShardState, Depends(get_state)]
+async def get_store(request: Request, store_id: str) -> StoreState:
+    """The hosted store named in the path, ready to serve (or a clear 404/409/503)."""
+    return await get_node(request).get(store_id)
+
+
+NodeDep = Annotated[Node, Depends(get_node)]
+Store = Annotated[StoreState, Depends(get_store)]

@@ -189,7 +189,10 @@ class StoreIndex:
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Match]]:
         """Top-k distinct FaceIds per query, nearest first."""
-        q = self.prepare(queries)
+        return self.search_prepared(self.prepare(queries), k)
+
+    def search_prepared(self, q: np.ndarray, k: int) -> list[list[Match]]:
+        """`search` for queries `prepare` already checked: a group's many stores share them."""
         with self._lock:
             n = self._index.ntotal
             if n == 0 or k <= 0:

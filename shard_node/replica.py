@@ -1,9 +1,10 @@
-"""Keeps one replica's index equal to Redis: load, tail the store's feed, snapshot."""
+"""Keeps one store's index in this process equal to Redis: load, apply its feed, snapshot."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -138,25 +139,14 @@ class Replica:
         if adds[0]:
             self.index.add(adds[0], adds[1], np.vstack(adds[2]))
 
-    async def tail(self, block_ms: int = 500) -> None:
-        """Follow the feed forever; every replica of the store converges within a second."""
-        while True:
+    async def apply(self, events: list[FeedEvent]) -> None:
+        """Apply entries the node's feed follower read; a gap means a rebuild from Redis."""
+        async with self._apply_lock:
             try:
-                events = await self.db.read_feed(
-                    self.store_id, self.position, count=2000, block_ms=block_ms
-                )
-                if events:
-                    async with self._apply_lock:
-                        try:
-                            await self._apply_locked(events)
-                        except FeedGap as gap:
-                            log.warning("%s: %s; rebuilding from Redis", self.store_id, gap)
-                            await self._rebuild_from_redis_locked()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # Redis restarting: keep serving, retry shortly
-                log.exception("%s: feed read failed; retrying", self.store_id)
-                await asyncio.sleep(1.0)
+                await self._apply_locked(events)
+            except FeedGap as gap:
+                log.warning("%s: %s; rebuilding from Redis", self.store_id, gap)
+                await self._rebuild_from_redis_locked()
 
     # --- local writes --------------------------------------------------------------------
 
@@ -187,10 +177,7 @@ class Replica:
             self._saved_gen = gen
         return True
 
-    async def snapshot_every(self, seconds: float) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await self.snapshot()
-            except Exception:
-                log.exception("%s: snapshot failed", self.store_id)
+    def forget_snapshot(self) -> None:
+        """Delete this store's snapshot: a node that lets a store go keeps no copy of it."""
+        if self.snapshot_dir is not None:
+            shutil.rmtree(self.snapshot_dir, ignore_errors=True)

@@ -1,55 +1,41 @@
-"""What a shard node does, as plain functions over its replica, pool and FaceDB."""
+"""What a shard node does, as plain functions over its hosted stores, pool and FaceDB."""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from shard_node.faces.base import Face
-from shard_node.faces.pool import FacePool
 from shard_node.index import Match as IndexMatch
-from shard_node.replica import Replica
+from shard_node.node import Node, StoreState
 from storeface import wire
-from storeface.errors import FaceNotFound, FaceTooSmall, MultipleFaces, NoFace, NotReady
+from storeface.errors import FaceNotFound, FaceTooSmall, MultipleFaces, NoFace
 from storeface.facedb import FaceDB
-from storeface.stores import StoreConfig
 
 
-@dataclass
-class ShardState:
-    """Everything a shard node holds, opened in the lifespan."""
-
-    store: StoreConfig
-    replica: Replica
-    pool: FacePool
-    db: FaceDB
-    threshold: float
-    register_lock_s: float = 5.0
-    observe: Callable[[dict[str, float]], None] = lambda timings: None
-
-    def require_ready(self) -> None:
-        if not self.replica.loaded:
-            raise NotReady()
-
-
-async def _labelled(state: ShardState, rows: list[list[IndexMatch]]) -> list[list[wire.Match]]:
+async def _labelled(db: FaceDB, rows: list[list[tuple[IndexMatch, str]]]) -> list[list[wire.Match]]:
     """Attach labels; drops faces erased in Redis that this replica has not yet seen go."""
-    ids = list({m.face_id for row in rows for m in row})
-    records = await state.db.get_faces(ids)
+    ids = list({m.face_id for row in rows for m, _ in row})
+    records = await db.get_faces(ids)
     return [
         [
             wire.Match(
-                face_id=m.face_id, distance=round(m.distance, 6), label=records[m.face_id].label
+                face_id=m.face_id,
+                distance=round(m.distance, 6),
+                label=records[m.face_id].label,
+                store_id=sid,
             )
-            for m in row
+            for m, sid in row
             if m.face_id in records
         ]
         for row in rows
     ]
+
+
+def _tagged(rows: list[list[IndexMatch]], store_id: str) -> list[list[tuple[IndexMatch, str]]]:
+    return [[(m, store_id) for m in row] for row in rows]
 
 
 def _face_wire(face: Face, matches: list[wire.Match]) -> wire.ShardFace:
@@ -63,7 +49,7 @@ def _face_wire(face: Face, matches: list[wire.Match]) -> wire.ShardFace:
     )
 
 
-async def identify(state: ShardState, image: bytes, top_k: int) -> wire.IdentifyResponse:
+async def identify(state: StoreState, image: bytes, top_k: int) -> wire.IdentifyResponse:
     """Every face in the image, largest first, with its nearest FaceIds in this store."""
     state.require_ready()
     t0 = time.perf_counter()
@@ -73,7 +59,7 @@ async def identify(state: ShardState, image: bytes, top_k: int) -> wire.Identify
     rows: list[list[wire.Match]] = []
     if analysis.faces:
         found = state.replica.index.search(np.vstack([f.embedding for f in analysis.faces]), top_k)
-        rows = await _labelled(state, found)
+        rows = await _labelled(state.db, _tagged(found, state.store.id))
     timings["pool_ms"] = (t1 - t0) * 1000
     timings["search_ms"] = (time.perf_counter() - t1) * 1000
     state.observe(timings)
@@ -89,16 +75,32 @@ async def identify(state: ShardState, image: bytes, top_k: int) -> wire.Identify
     )
 
 
-async def search(state: ShardState, req: wire.SearchRequest) -> wire.SearchResponse:
-    """Top-k FaceIds for embeddings: the gateway's cheap cross-store fan-out."""
-    state.require_ready()
+async def search(node: Node, req: wire.SearchRequest) -> wire.SearchResponse:
+    """Top-k FaceIds over any of the group's stores: the gateway's one call per node group."""
     t0 = time.perf_counter()
-    found = state.replica.index.search(np.asarray(req.embeddings, dtype=np.float32), req.top_k)
-    rows = await _labelled(state, found)
+    wanted = node.store_ids() if req.stores is None else list(dict.fromkeys(req.stores))
+    live = [node.stores[s] for s in wanted if s in node.stores and node.stores[s].serving]
+    missing = sorted(set(wanted) - {st.store.id for st in live})
+    queries = np.asarray(req.embeddings, dtype=np.float32)
+    rows: list[list[tuple[IndexMatch, str]]] = [[] for _ in req.embeddings]
+    if live:
+        # Validated once: every store of a group shares the node's embedder.
+        queries = live[0].replica.index.prepare(queries)
+    for st in live:
+        found_rows = st.replica.index.search_prepared(queries, req.top_k)
+        for row, found in zip(rows, found_rows, strict=True):
+            row += [(m, st.store.id) for m in found]
+    for i, row in enumerate(rows):
+        best: dict[int, tuple[IndexMatch, str]] = {}
+        for m, sid in sorted(row, key=lambda ms: ms[0].distance):
+            best.setdefault(m.face_id, (m, sid))  # a learned face may live in several stores
+        rows[i] = list(best.values())[: req.top_k]
     return wire.SearchResponse(
-        store_id=state.store.id,
-        embedder=state.replica.info.name,
-        results=rows,
+        node_id=node.node_id,
+        embedder=node.info.name,
+        results=await _labelled(node.db, rows),
+        stores=[st.store.id for st in live],
+        missing=missing,
         search_ms=round((time.perf_counter() - t0) * 1000, 3),
     )
 
@@ -119,7 +121,7 @@ def _enrollable(faces: list[Face], min_size: int, largest: bool) -> Face:
 
 
 async def enroll_image(
-    state: ShardState,
+    state: StoreState,
     image: bytes,
     *,
     face_id: int | None,
@@ -148,7 +150,7 @@ async def enroll_image(
 
 
 async def enroll_embedding(
-    state: ShardState, req: wire.EnrollEmbeddingRequest
+    state: StoreState, req: wire.EnrollEmbeddingRequest
 ) -> wire.EnrollResponse:
     """Enroll a ready embedding; with `register_threshold`, register only if nobody is close."""
     if req.register_threshold is not None and req.face_id is None:
@@ -172,7 +174,7 @@ async def enroll_embedding(
     )
 
 
-async def register(state: ShardState, req: wire.RegisterRequest) -> wire.EnrollResponse:
+async def register(state: StoreState, req: wire.RegisterRequest) -> wire.EnrollResponse:
     """The FaceId of whoever lies within `threshold`, else a new one: safe to retry."""
     state.require_ready()
     vec = np.asarray(req.embedding, dtype=np.float32)
@@ -184,8 +186,8 @@ async def register(state: ShardState, req: wire.RegisterRequest) -> wire.EnrollR
     )
     async with lock:
         await state.replica.catch_up()
-        found = state.replica.index.search(vec[None, :], 1)[0]
-        rows = await _labelled(state, [found])
+        found = state.replica.index.search(vec[None, :], 1)
+        rows = await _labelled(state.db, _tagged(found, state.store.id))
         if rows[0] and rows[0][0].distance <= req.threshold:
             best = rows[0][0]
             return wire.EnrollResponse(
@@ -195,7 +197,7 @@ async def register(state: ShardState, req: wire.RegisterRequest) -> wire.EnrollR
 
 
 async def _store(
-    state: ShardState,
+    state: StoreState,
     vec: np.ndarray,
     *,
     face_id: int | None,
@@ -226,16 +228,17 @@ async def _store(
     return wire.EnrollResponse(face_id=face_id, vec_id=result.vec_id, created=created)
 
 
-async def erase(state: ShardState, face_id: int) -> wire.EraseResponse:
-    """Erase a person from Redis (all stores) and from this replica at once."""
-    result = await state.db.erase_face(face_id)
-    state.replica.index.remove_face(face_id)
+async def erase(node: Node, face_id: int) -> wire.EraseResponse:
+    """Erase a person from Redis (all stores) and from this node's indexes at once."""
+    result = await node.db.erase_face(face_id)
+    for st in list(node.stores.values()):
+        st.replica.index.remove_face(face_id)
     if not result.existed:
         raise FaceNotFound(face_id=face_id)
     return wire.EraseResponse(face_id=face_id, erased=True, stores=result.stores)
 
 
-def info(state: ShardState) -> wire.InfoResponse:
+def store_info(state: StoreState) -> wire.InfoResponse:
     r = state.replica
     return wire.InfoResponse(
         store_id=state.store.id,
@@ -250,4 +253,17 @@ def info(state: ShardState) -> wire.InfoResponse:
         nprobe=r.index.nprobe,
         rebuilding=r.index.rebuilding,
         feed_position=r.position,
+        loaded=r.loaded,
+        refused=state.refused,
+        leaving=state.leaving_at is not None,
+    )
+
+
+def node_info(node: Node) -> wire.NodeInfoResponse:
+    return wire.NodeInfoResponse(
+        node_id=node.node_id,
+        embedder=node.info.name,
+        dim=node.info.dim,
+        metric=node.info.metric,
+        stores=[store_info(node.stores[s]) for s in node.store_ids()],
     )

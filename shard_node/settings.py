@@ -1,4 +1,4 @@
-"""Shard node settings, from the environment (STOREFACE_*) and the store's stores.yaml entry."""
+"""Shard node settings, from the environment (STOREFACE_*) and the group's stores.yaml entry."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ShardSettings(BaseSettings):
-    """One replica of one store."""
+    """One replica of one node group (which hosts one or more stores)."""
 
     model_config = SettingsConfigDict(env_prefix="STOREFACE_", extra="ignore")
 
-    store_id: str
+    node_id: str
     stores_file: Path = Path("config/stores.yaml")
     redis_url: str = "redis://127.0.0.1:6380/0"
     replica_name: str = ""
@@ -28,5 +28,8 @@ class ShardSettings(BaseSettings):
     # thread hand-off costs more than a single query's work (bench/search.py).
     search_threads: int = 1
     feed_block_ms: int = 500
+    reload_interval_s: float = 1.0  # how often stores.yaml is checked for edits
+    release_grace_s: float = 30.0  # a store moved away keeps answering this long
+    load_wait_s: float = 10.0  # a request for a store still loading waits this long
     register_lock_s: float = 5.0
     models_dir: Path = Path("../shared/models")

@@ -125,6 +125,11 @@ class UnknownStore(NotFound):
     default_message = "no such store"
 
 
+class StoreNotHosted(NotFound):
+    code = "store_not_hosted"
+    default_message = "this shard node group does not host that store"
+
+
 class FaceNotFound(NotFound):
     code = "face_not_found"
     default_message = "no such face"

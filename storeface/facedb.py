@@ -126,6 +126,18 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _event(eid: Any, fields: dict[Any, Any]) -> FeedEvent:
+    f = {_s(k): v for k, v in fields.items()}
+    return FeedEvent(
+        id=_s(eid),
+        op=_s(f["op"]),
+        gen=int(f["gen"]),
+        face_id=int(f["fid"]),
+        vec_id=int(f.get("vid", 0)),
+        embedding=f.get("emb", b""),
+    )
+
+
 class FaceDB:
     """The Redis data model; one instance per process, sharing the Redis client's pool."""
 
@@ -245,32 +257,29 @@ class FaceDB:
             last, gen = await pipe.execute()
         return (_s(last[0][0]) if last else "0-0"), int(gen or 0)
 
-    async def read_feed(
-        self, store_id: str, after: str, count: int = 1000, block_ms: int | None = None
-    ) -> list[FeedEvent]:
-        """Feed entries after `after`; blocks up to `block_ms` for new ones if asked."""
-        key = f"store:{store_id}:feed"
-        if block_ms is None:
-            entries = await self.redis.xrange(
-                key, f"({after}" if after != "0-0" else "-", "+", count=count
-            )
-        else:
-            streams = await self.redis.xread({key: after}, count=count, block=block_ms)
-            entries = streams[0][1] if streams else []
-        events = []
-        for eid, fields in entries:
-            f = {_s(k): v for k, v in fields.items()}
-            events.append(
-                FeedEvent(
-                    id=_s(eid),
-                    op=_s(f["op"]),
-                    gen=int(f["gen"]),
-                    face_id=int(f["fid"]),
-                    vec_id=int(f.get("vid", 0)),
-                    embedding=f.get("emb", b""),
-                )
-            )
-        return events
+    async def read_feed(self, store_id: str, after: str, count: int = 1000) -> list[FeedEvent]:
+        """Feed entries after `after`, without waiting for new ones."""
+        entries = await self.redis.xrange(
+            f"store:{store_id}:feed", f"({after}" if after != "0-0" else "-", "+", count=count
+        )
+        return [_event(eid, fields) for eid, fields in entries]
+
+    async def read_feeds(
+        self, positions: dict[str, str], count: int = 1000, block_ms: int = 500
+    ) -> dict[str, list[FeedEvent]]:
+        """One blocking read over several stores' feeds: entries after each store's position."""
+        if not positions:
+            return {}
+        streams = await self.redis.xread(
+            {f"store:{sid}:feed": pos for sid, pos in positions.items()},
+            count=count,
+            block=block_ms,
+        )
+        out: dict[str, list[FeedEvent]] = {}
+        for key, entries in streams or []:
+            sid = _s(key).removeprefix("store:").removesuffix(":feed")
+            out[sid] = [_event(eid, fields) for eid, fields in entries]
+        return out
 
     # --- faces ---------------------------------------------------------------------------
 

@@ -1,26 +1,36 @@
-"""`config/stores.yaml`: the one map ops edit. Typed, validated, errors name the line."""
+"""`config/stores.yaml`: the one map ops edit. Typed, validated, errors name the line.
+
+Stores live on shard node groups: a group's replicas each host every store of the group.
+A store that names no `node:` is a group of its own, as before node groups existed.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from storeface.errors import ConfigError
 
+log = logging.getLogger("storeface.stores")
+
 FallbackPolicy = Literal["all", "region", "list", "none"]
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 class StoreConfig(BaseModel):
-    """One store: where its shard answers and how recognition behaves there."""
+    """One store: the node group that hosts it and how recognition behaves there."""
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    id: str = Field(pattern=ID_PATTERN)
+    node: str | None = None  # the node group hosting it; None: a group of its own
     region: str = ""
-    embedder: str = "dlib"
+    embedder: str = "dlib"  # with `node:`, the node's unless set (and then it must match)
     embedder_options: dict[str, Any] = Field(default_factory=dict)
     threshold: float | None = Field(default=None, gt=0)  # None: the embedder's measured one
     auto_register: bool = True
@@ -29,9 +39,38 @@ class StoreConfig(BaseModel):
     learn_cross_store: bool = True
     min_face_size: int = Field(default=40, ge=0)  # smaller unknown faces get no FaceId
     gallery: str | None = None  # a <person>/<photo> folder ingested at shard start-up
+    # Only for a store without `node:` (its own group); a node group sets these itself.
     replicas: int = Field(default=2, ge=1, le=32)
     port: int | None = Field(default=None, ge=1024, le=65000)  # first replica's port
     shard_urls: list[str] = Field(default_factory=list)
+
+
+class NodeConfig(BaseModel):
+    """A shard node group: `replicas` processes, each hosting every store of the group."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=ID_PATTERN)
+    replicas: int = Field(default=2, ge=1, le=32)
+    port: int | None = Field(default=None, ge=1024, le=65000)  # first replica; others follow
+    embedder: str = "dlib"
+    embedder_options: dict[str, Any] = Field(default_factory=dict)
+    urls: list[str] = Field(default_factory=list)  # explicit replica URLs (other hosts)
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """A node group as resolved from the file: declared under `nodes:` or implied by a store."""
+
+    id: str
+    replicas: int
+    ports: tuple[int, ...]
+    embedder: str
+    embedder_options: dict[str, Any]
+    urls: tuple[str, ...]
+    stores: tuple[str, ...]
+    declared: bool  # False: the group of a store that names no node
+    loc: tuple[str | int, ...]  # where it is defined in the file, for error lines
 
 
 class ClusterConfig(BaseModel):
@@ -41,57 +80,171 @@ class ClusterConfig(BaseModel):
 
     host: str = "127.0.0.1"
     front_port: int = 8080  # nginx: cameras and tills
-    shard_proxy_port: int = 8081  # nginx: gateway → store upstreams
+    shard_proxy_port: int = 8081  # nginx: gateway → node group upstreams
     gateway_port: int = 8100  # first gateway replica
     gateway_replicas: int = Field(default=2, ge=1, le=32)
-    shard_port: int = 9100  # first shard port when a store names none
+    shard_port: int = 9100  # first shard port when a group names none
     redis_port: int = 6380
+
+
+class ConfigProblem(ValueError):
+    """An inconsistency between entries; `loc` points into the file for the error's line."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        self.loc = loc
+        super().__init__(message)
 
 
 class StoresFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    nodes: list[NodeConfig] = Field(default_factory=list)
     stores: list[StoreConfig] = Field(min_length=1)
+    _groups: dict[str, NodeGroup] = PrivateAttr(default_factory=dict)
+    _store_group: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> StoresFile:
         ids = [s.id for s in self.stores]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"duplicate store ids: {', '.join(dupes)}")
-        for s in self.stores:
+        for i, s in enumerate(self.stores):
+            if s.id in ids[:i]:
+                raise ConfigProblem(("stores", i, "id"), f"duplicate store ids: {s.id}")
             unknown = [f for f in s.fallback_stores if f not in ids]
             if unknown:
-                raise ValueError(f"store {s.id} falls back to unknown stores: {unknown}")
-        ports: dict[int, str] = {}
-        for s in self.stores:
-            for p in self.replica_ports(s.id):
-                if p in ports:
-                    raise ValueError(f"port {p} of store {s.id} is also used by {ports[p]}")
-                ports[p] = s.id
+                raise ConfigProblem(
+                    ("stores", i, "fallback_stores"),
+                    f"store {s.id} falls back to unknown stores: {unknown}",
+                )
+        nodes = {n.id: n for n in self.nodes}
+        for j, n in enumerate(self.nodes):
+            if n.id in [m.id for m in self.nodes[:j]]:
+                raise ConfigProblem(("nodes", j, "id"), f"duplicate node ids: {n.id}")
+        for i, s in enumerate(self.stores):
+            if s.node is None:
+                if s.id in nodes:
+                    raise ConfigProblem(
+                        ("stores", i, "id"),
+                        f"store {s.id} names no node, so it is a group of its own, but a node "
+                        f"is also called {s.id}: set `node: {s.id}` or rename the node",
+                    )
+                continue
+            node = nodes.get(s.node)
+            if node is None:
+                known = ", ".join(sorted(nodes)) or "none declared under `nodes:`"
+                raise ConfigProblem(
+                    ("stores", i, "node"), f"store {s.id} names unknown node {s.node} ({known})"
+                )
+            for name in ("replicas", "port", "shard_urls"):
+                if name in s.model_fields_set:
+                    raise ConfigProblem(
+                        ("stores", i, name),
+                        f"store {s.id} is hosted by node {node.id}: set {name} on the node",
+                    )
+            if "embedder" in s.model_fields_set and s.embedder != node.embedder:
+                raise ConfigProblem(
+                    ("stores", i, "embedder"),
+                    f"store {s.id} uses embedder {s.embedder} but its node {node.id} runs "
+                    f"{node.embedder}: one embedder per node group",
+                )
+            if "embedder_options" in s.model_fields_set and s.embedder_options != (
+                node.embedder_options
+            ):
+                raise ConfigProblem(
+                    ("stores", i, "embedder_options"),
+                    f"store {s.id}: embedder_options belong to its node {node.id}",
+                )
+            s.embedder, s.embedder_options = node.embedder, dict(node.embedder_options)
+        self._resolve_groups()
+        self._check_ports()
         return self
+
+    def _resolve_groups(self) -> None:
+        """Declared groups first, then one per store without a node; ports laid out in turn."""
+        shard_port = self.cluster.shard_port
+        groups: list[NodeGroup] = []
+        for j, n in enumerate(self.nodes):
+            first = n.port if n.port is not None else shard_port + 10 * len(groups)
+            groups.append(
+                NodeGroup(
+                    id=n.id,
+                    replicas=n.replicas,
+                    ports=tuple(first + r for r in range(n.replicas)),
+                    embedder=n.embedder,
+                    embedder_options=dict(n.embedder_options),
+                    urls=tuple(n.urls),
+                    stores=tuple(s.id for s in self.stores if s.node == n.id),
+                    declared=True,
+                    loc=("nodes", j),
+                )
+            )
+        for i, s in enumerate(self.stores):
+            if s.node is not None:
+                continue
+            first = s.port if s.port is not None else shard_port + 10 * len(groups)
+            groups.append(
+                NodeGroup(
+                    id=s.id,
+                    replicas=s.replicas,
+                    ports=tuple(first + r for r in range(s.replicas)),
+                    embedder=s.embedder,
+                    embedder_options=dict(s.embedder_options),
+                    urls=tuple(s.shard_urls),
+                    stores=(s.id,),
+                    declared=False,
+                    loc=("stores", i),
+                )
+            )
+        self._groups = {g.id: g for g in groups}
+        self._store_group = {sid: g.id for g in groups for sid in g.stores}
+
+    def _check_ports(self) -> None:
+        c = self.cluster
+        used: dict[int, str] = {
+            c.front_port: "the front door (cluster.front_port)",
+            c.shard_proxy_port: "the shard proxy (cluster.shard_proxy_port)",
+            c.redis_port: "Redis (cluster.redis_port)",
+        }
+        for r in range(c.gateway_replicas):
+            used.setdefault(c.gateway_port + r, f"gateway replica {r + 1} (cluster.gateway_port)")
+        for g in self._groups.values():
+            if g.urls:  # replicas on other hosts: their ports are not ours to lay out
+                continue
+            what = f"node {g.id}" if g.declared else f"store {g.id}"
+            for p in g.ports:
+                if p in used:
+                    raise ConfigProblem(
+                        (*g.loc, "port"), f"port {p} of {what} is also used by {used[p]}"
+                    )
+                used[p] = what
+
+    # --- lookups ---------------------------------------------------------------------------
 
     def store(self, store_id: str) -> StoreConfig | None:
         return next((s for s in self.stores if s.id == store_id), None)
 
-    def replica_ports(self, store_id: str) -> list[int]:
-        """Ports of a store's replicas: its own `port`, else laid out after the others."""
-        for i, s in enumerate(self.stores):
-            if s.id == store_id:
-                first = s.port if s.port is not None else self.cluster.shard_port + 10 * i
-                return [first + r for r in range(s.replicas)]
-        raise KeyError(store_id)
+    def groups(self) -> list[NodeGroup]:
+        """Every node group: declared ones, then one per store that names no node."""
+        return list(self._groups.values())
 
-    def shard_urls(self, store_id: str) -> list[str]:
-        """Where the gateway reaches a store: its explicit URLs, else nginx's upstream."""
-        s = self.store(store_id)
-        if s is None:
-            raise KeyError(store_id)
-        if s.shard_urls:
-            return list(s.shard_urls)
+    def group(self, node_id: str) -> NodeGroup | None:
+        return self._groups.get(node_id)
+
+    def group_of(self, store_id: str) -> NodeGroup:
+        """The node group hosting a store."""
+        return self._groups[self._store_group[store_id]]
+
+    def replica_ports(self, node_id: str) -> list[int]:
+        """Ports of a node group's replicas (a store without `node:` is its own group)."""
+        return list(self._groups[node_id].ports)
+
+    def node_urls(self, node_id: str) -> list[str]:
+        """Where the gateway reaches a node group: its explicit URLs, else nginx's upstream."""
+        g = self._groups[node_id]
+        if g.urls:
+            return list(g.urls)
         c = self.cluster
-        return [f"http://{c.host}:{c.shard_proxy_port}/{s.id}"]
+        return [f"http://{c.host}:{c.shard_proxy_port}/{g.id}"]
 
 
 def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -131,9 +284,13 @@ def parse_stores(text: str, source: str = "stores.yaml") -> StoresFile:
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
+            msg = err["msg"]
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, ConfigProblem):  # a cross-entry check: its own place, its words
+                loc, msg = cause.loc, str(cause)
             line = _line_of(root, loc)
             path = ".".join(str(p) for p in loc) or "(file)"
-            problems.append(f"{source}:{line or '?'}: {path}: {err['msg']}")
+            problems.append(f"{source}:{line or '?'}: {path}: {msg}")
         raise ConfigError("; ".join(problems)) from exc
 
 
@@ -144,3 +301,42 @@ def load_stores(path: str | Path) -> StoresFile:
     except OSError as exc:
         raise ConfigError(f"cannot read {p}: {exc.strerror}") from exc
     return parse_stores(text, str(p))
+
+
+class WatchedStoresFile:
+    """stores.yaml as last read; `check()` re-reads it when it changed, keeping the last good
+    map when an edit is invalid."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.config: StoresFile = load_stores(path)  # invalid at start-up: refuse to start
+        self.last_error: str | None = None
+        self._stamp = self._file_stamp()
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def check(self) -> bool:
+        """Reload if the file changed; True when a new map was taken."""
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            config = load_stores(self.path)
+        except ConfigError as exc:
+            self.last_error = exc.message
+            log.error("keeping the last good store map: %s", exc.message)
+            return False
+        added = {s.id for s in config.stores} - {s.id for s in self.config.stores}
+        self.config, self.last_error = config, None
+        log.info(
+            "store map reloaded: %d stores%s",
+            len(config.stores),
+            f" (new: {', '.join(sorted(added))})" if added else "",
+        )
+        return True

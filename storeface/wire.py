@@ -24,6 +24,7 @@ class Match(BaseModel):
     face_id: int
     distance: float
     label: str = ""
+    store_id: str = Field(default="", description="the store whose index holds the match")
 
 
 class ShardFace(BaseModel):
@@ -48,12 +49,19 @@ class IdentifyResponse(BaseModel):
 class SearchRequest(BaseModel):
     embeddings: list[list[float]] = Field(min_length=1, max_length=64)
     top_k: int = Field(default=5, ge=1, le=100)
+    stores: list[str] | None = Field(
+        default=None, max_length=10_000, description="stores of this node group; None = all"
+    )
 
 
 class SearchResponse(BaseModel):
-    store_id: str
+    node_id: str
     embedder: str
-    results: list[list[Match]]
+    results: list[list[Match]] = Field(description="per embedding, best first, store-tagged")
+    stores: list[str] = Field(description="the stores searched")
+    missing: list[str] = Field(
+        default_factory=list, description="asked for but not hosted here, or not ready"
+    )
     search_ms: float
 
 
@@ -108,6 +116,17 @@ class InfoResponse(BaseModel):
     nprobe: int
     rebuilding: bool = False
     feed_position: str
+    loaded: bool = True
+    refused: str = Field(default="", description="why this node will not serve the store")
+    leaving: bool = Field(default=False, description="moved to another node group")
+
+
+class NodeInfoResponse(BaseModel):
+    node_id: str
+    embedder: str
+    dim: int
+    metric: str
+    stores: list[InfoResponse]
 
 
 class HealthResponse(BaseModel):

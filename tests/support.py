@@ -137,11 +137,11 @@ def write_stores(path: Path, stores: list[dict[str, Any]], **cluster: Any) -> Pa
 
 
 class ShardNode(Process):
-    """One replica of one store, started as `make run` starts it."""
+    """One replica of one node group, started as `make run` starts it."""
 
     def __init__(
         self,
-        store_id: str,
+        node_id: str,
         stores_file: Path,
         redis_url: str,
         workdir: Path,
@@ -149,7 +149,7 @@ class ShardNode(Process):
         workers: int = 1,
         **env: str,
     ) -> None:
-        self.store_id = store_id
+        self.node_id = node_id
         self.port = port or free_port()
         self.workdir = workdir
         settings = {
@@ -166,12 +166,12 @@ class ShardNode(Process):
                 "-m",
                 "shard_node",
                 "serve",
-                "--store",
-                store_id,
+                "--node",
+                node_id,
                 "--port",
                 str(self.port),
             ],
-            workdir / f"shard-{store_id}-{self.port}.log",
+            workdir / f"shard-{node_id}-{self.port}.log",
             env=settings,
         )
 
@@ -188,10 +188,10 @@ class ShardNode(Process):
     def wait_ready(self, timeout: float = 90.0) -> None:
         def ready() -> bool:
             if not self.alive:
-                raise ProcessDied(f"shard {self.store_id} exited:\n{self.tail()}")
+                raise ProcessDied(f"shard {self.node_id} exited:\n{self.tail()}")
             return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
 
-        wait_until(ready, timeout, 0.2, what=f"shard {self.store_id} ready")
+        wait_until(ready, timeout, 0.2, what=f"shard {self.node_id} ready")
 
 
 class GatewayNode(Process):

@@ -17,7 +17,13 @@ from tests.conftest import photo
 from tests.support import Process, free_port, wait_until
 
 
-def _stores(ports: dict[str, int], stores: list[str], replicas: dict[str, int]) -> dict:
+def _stores(ports: dict[str, int], placement: dict[str, str | None]) -> dict:
+    """node-1 (2 replicas) and node-2 (1 replica); a store placed on None is its own group."""
+    stores: list[dict] = []
+    for sid, node in placement.items():
+        stores.append(
+            {"id": sid, "node": node} if node else {"id": sid, "port": ports[sid], "replicas": 1}
+        )
     return {
         "cluster": {
             "front_port": ports["front"],
@@ -26,7 +32,11 @@ def _stores(ports: dict[str, int], stores: list[str], replicas: dict[str, int]) 
             "gateway_replicas": 1,
             "redis_port": ports["redis"],
         },
-        "stores": [{"id": s, "port": ports[s], "replicas": replicas[s]} for s in stores],
+        "nodes": [
+            {"id": "node-1", "port": ports["node-1"], "replicas": 2},
+            {"id": "node-2", "port": ports["node-2"], "replicas": 1},
+        ],
+        "stores": stores,
     }
 
 
@@ -34,17 +44,10 @@ class LocalCluster:
     def __init__(self, work: Path) -> None:
         self.work = work
         # Ports one apart would collide with the replicas laid out after them: space them.
-        base = [free_port() for _ in range(7)]
-        self.ports = dict(
-            zip(
-                ["front", "proxy", "gateway", "redis", "store-a", "store-b", "store-c"],
-                base,
-                strict=True,
-            )
-        )
-        self.replicas = {"store-a": 2, "store-b": 1, "store-c": 1}
+        names = ["front", "proxy", "gateway", "redis", "node-1", "node-2", "store-e"]
+        self.ports = dict(zip(names, [free_port() for _ in names], strict=True))
         self.stores_file = work / "stores.yaml"
-        self.write(["store-a", "store-b"])
+        self.write({"store-a": "node-1", "store-b": "node-1", "store-c": "node-2"})
         self.run_dir = work / "run"
         self.launcher = Process(
             [
@@ -59,10 +62,13 @@ class LocalCluster:
                 str(work / "nginx.conf"),
             ],
             work / "launcher.log",
+            # a store moved away is let go after 3 s here (30 s by default)
+            env={"STOREFACE_RELEASE_GRACE_S": "3"},
         )
 
-    def write(self, stores: list[str]) -> None:
-        self.stores_file.write_text(yaml.safe_dump(_stores(self.ports, stores, self.replicas)))
+    def write(self, placement: dict[str, str | None]) -> None:
+        self.placement = dict(placement)
+        self.stores_file.write_text(yaml.safe_dump(_stores(self.ports, placement)))
 
     @property
     def front(self) -> str:
@@ -71,22 +77,31 @@ class LocalCluster:
     def key(self) -> str:
         return str(yaml.safe_load((self.run_dir / "keys.yaml").read_text())["admin_key"])
 
-    def pid(self, program: str) -> int:
-        out = subprocess.run(
+    def programs(self) -> set[str]:
+        out = self.ctl("status").stdout
+        return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+    def node_info(self, node: str, replica: int = 0) -> dict:
+        port = self.ports[node] + replica
+        return httpx.get(f"http://127.0.0.1:{port}/v1/info", timeout=10).json()
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [
                 sys.executable,
                 "-m",
                 "supervisor.supervisorctl",
                 "-c",
                 str(self.run_dir / "supervisord.conf"),
-                "pid",
-                program,
+                *args,
             ],
             capture_output=True,
             text=True,
             check=False,
-        ).stdout.strip()
-        return int(out)
+        )
+
+    def pid(self, program: str) -> int:
+        return int(self.ctl("pid", program).stdout.strip())
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +187,7 @@ def test_killing_a_replica_fails_no_request(cluster: LocalCluster, faces: Path) 
     for t in threads:
         t.start()
     wait_until(lambda: len(statuses) >= 4, 60, what="requests flowing")
-    victim = cluster.pid("shard-store-a-1")
+    victim = cluster.pid("shard-node-1-1")
     subprocess.run(["kill", "-9", str(victim)], check=True)
     seen = len(statuses)
     wait_until(lambda: len(statuses) >= seen + 12, 120, what="requests after the kill")
@@ -182,23 +197,100 @@ def test_killing_a_replica_fails_no_request(cluster: LocalCluster, faces: Path) 
     assert statuses and set(statuses) == {200}, statuses
     # supervisord brings the replica back
     wait_until(
-        lambda: cluster.pid("shard-store-a-1") not in (0, victim), 60, what="replica restarted"
+        lambda: cluster.pid("shard-node-1-1") not in (0, victim), 60, what="replica restarted"
     )
 
 
-def test_a_store_added_to_stores_yaml_becomes_routable(cluster: LocalCluster, faces: Path) -> None:
-    before = cluster.pid("shard-store-a-2")
-    cluster.write(["store-a", "store-b", "store-c"])  # the launcher watches the file
+def _recognize(c: httpx.Client, img: bytes, store: str) -> httpx.Response:
+    return c.post("/v1/recognize", files={"image": ("q.jpg", img)}, data={"store_id": store})
+
+
+def test_a_store_added_to_a_node_group_starts_no_process(
+    cluster: LocalCluster, faces: Path
+) -> None:
+    """Adding a store to a group is an edit: no process starts, every replica hosts it."""
+    programs, pids = cluster.programs(), {p: cluster.pid(p) for p in cluster.programs()}
+    cluster.write({**cluster.placement, "store-d": "node-1"})  # the launcher watches the file
     with httpx.Client(
         base_url=cluster.front, headers={"X-API-Key": cluster.key()}, timeout=60
     ) as c:
         img = photo(faces, "Mark_Gottfried", 1)
+        wait_until(
+            lambda: _recognize(c, img, "store-d").status_code == 200,
+            120,
+            0.5,
+            what=f"store-d routable:\n{cluster.launcher.tail()}",
+        )
+    for replica in (0, 1):
+        hosted = [s["store_id"] for s in cluster.node_info("node-1", replica)["stores"]]
+        assert hosted == ["store-a", "store-b", "store-d"]
+    assert cluster.programs() == programs
+    assert {p: cluster.pid(p) for p in programs} == pids, "no process restarted"
 
-        def routable() -> bool:
-            r = c.post(
-                "/v1/recognize", files={"image": ("q.jpg", img)}, data={"store_id": "store-c"}
+
+def test_moving_a_store_to_another_group_drops_no_request(
+    cluster: LocalCluster, faces: Path
+) -> None:
+    """Edit `node:`: the new group loads the store from Redis, the old one lets it go, and
+    cameras posting all the while see only answers, with the FaceId they had before."""
+    img = photo(faces, "Rebekah_Chantay_Revels", 2)
+    answers: list[tuple[int, int | None]] = []
+    stop = threading.Event()
+    with httpx.Client(
+        base_url=cluster.front, headers={"X-API-Key": cluster.key()}, timeout=60
+    ) as c:
+        first = _recognize(c, img, "store-b")
+        assert first.status_code == 200, first.text
+        face_id = first.json()["faces"][0]["face_id"]
+
+        def flow() -> None:
+            with httpx.Client(
+                base_url=cluster.front, headers={"X-API-Key": cluster.key()}, timeout=60
+            ) as c2:
+                while not stop.is_set() and len(answers) < 300:
+                    r = _recognize(c2, img, "store-b")
+                    fid = r.json()["faces"][0]["face_id"] if r.status_code == 200 else None
+                    answers.append((r.status_code, fid))
+
+        thread = threading.Thread(target=flow)
+        thread.start()
+        try:
+            wait_until(lambda: len(answers) >= 3, 60, what="requests flowing")
+            cluster.write({**cluster.placement, "store-b": "node-2"})
+            wait_until(
+                lambda: (
+                    "store-b" in [s["store_id"] for s in cluster.node_info("node-2")["stores"]]
+                    and "store-b"
+                    not in [s["store_id"] for s in cluster.node_info("node-1", 1)["stores"]]
+                ),
+                60,
+                0.5,
+                what="store-b on node-2 and let go by node-1",
             )
-            return r.status_code == 200
+            seen = len(answers)
+            wait_until(lambda: len(answers) >= seen + 3, 60, what="requests after the move")
+        finally:
+            stop.set()
+            thread.join(60)
+    assert answers and set(answers) == {(200, face_id)}, answers
+    moved = next(s for s in cluster.node_info("node-2")["stores"] if s["store_id"] == "store-b")
+    assert moved["loaded"] and moved["faces"] >= 1
 
-        wait_until(routable, 180, 1.0, what=f"store-c routable:\n{cluster.launcher.tail()}")
-    assert cluster.pid("shard-store-a-2") == before, "other stores are untouched"
+
+def test_a_new_group_of_its_own_starts_its_replica(cluster: LocalCluster, faces: Path) -> None:
+    """A store without `node:` is a group of its own, as before node groups: new replicas
+    start, nginx reloads, the other groups' processes are untouched."""
+    before = cluster.pid("shard-node-1-2")
+    cluster.write({**cluster.placement, "store-e": None})
+    with httpx.Client(
+        base_url=cluster.front, headers={"X-API-Key": cluster.key()}, timeout=60
+    ) as c:
+        img = photo(faces, "Mark_Gottfried", 1)
+        wait_until(
+            lambda: _recognize(c, img, "store-e").status_code == 200,
+            180,
+            1.0,
+            what=f"store-e routable:\n{cluster.launcher.tail()}",
+        )
+    assert "shard-store-e-1" in cluster.programs()
+    assert cluster.pid("shard-node-1-2") == before, "other groups are untouched"

@@ -26,11 +26,12 @@ def test_committed_compose_is_the_one_stores_yaml_generates() -> None:
 def test_compose_topology_matches_stores_yaml() -> None:
     doc = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
     services = doc["services"]
-    for store in CFG.stores:
-        names = [f"shard-{store.id}-{i}" for i in range(1, store.replicas + 1)]
+    assert CFG.nodes, "the default stores.yaml shows node groups"
+    for group in CFG.groups():
+        names = [f"shard-{group.id}-{i}" for i in range(1, group.replicas + 1)]
         for name in names:
             svc = services[name]
-            assert svc["command"][svc["command"].index("--store") + 1] == store.id
+            assert svc["command"][svc["command"].index("--node") + 1] == group.id
             assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
             assert "healthcheck" in svc
             assert f"{name}-data" in doc["volumes"]
@@ -47,20 +48,22 @@ def test_compose_topology_matches_stores_yaml() -> None:
     assert set(services["nginx"]["depends_on"]) == set(services) - {"redis", "nginx"}
     # every service the nginx config names exists in compose, with the port it serves on
     conf = (ROOT / "deploy" / "nginx" / "compose.conf").read_text()
+    assert not [n for n in services if n.startswith("shard-store-")], "no process per store"
     for host, port in re.findall(r"server ([a-z0-9-]+):(\d+) ", conf):
         assert host in services
         assert str(port) in services[host]["command"]
     assert (ROOT / "deploy" / "Dockerfile").exists()
 
 
-def test_nginx_has_an_upstream_per_store_and_passes_nginx_t(tmp_path: Path) -> None:
+def test_nginx_has_an_upstream_per_node_group_and_passes_nginx_t(tmp_path: Path) -> None:
     conf = nginx.render(CFG, tmp_path)
-    for store in CFG.stores:
-        block = re.search(rf"upstream store_{store.id.replace('-', '_')} \{{(.*?)\}}", conf, re.S)
-        assert block, store.id
+    for group in CFG.groups():
+        block = re.search(rf"upstream node_{group.id.replace('-', '_')} \{{(.*?)\}}", conf, re.S)
+        assert block, group.id
         ports = [int(p) for p in re.findall(r"server [\d.]+:(\d+)", block.group(1))]
-        assert ports == CFG.replica_ports(store.id)
-        assert f"location /{store.id}/" in conf
+        assert ports == CFG.replica_ports(group.id)
+        assert f"location /{group.id}/" in conf
+    assert len(re.findall(r"\bupstream node_", conf)) == len(CFG.nodes) < len(CFG.stores)
     assert "client_max_body_size 10m" in conf
     assert "non_idempotent" in conf and "rt=$request_time" in conf
     path = tmp_path / "nginx.conf"

@@ -80,11 +80,11 @@ def test_ingest_command_reports_skips_and_is_idempotent(
 
     node = ShardNode("gal", stores, redis_url, tmp_path).start()
     try:
-        info = httpx.get(f"{node.url}/v1/info").json()
+        info = httpx.get(f"{node.url}/v1/stores/gal/info").json()
         assert (info["faces"], info["vectors"]) == (3, 8)
         probe = (faces / "lfw_dev/Paul_Tagliabue/Paul_Tagliabue_0004.jpg").read_bytes()
         r = httpx.post(
-            f"{node.url}/v1/identify", files={"image": ("p.jpg", probe)}, timeout=60
+            f"{node.url}/v1/stores/gal/identify", files={"image": ("p.jpg", probe)}, timeout=60
         ).json()
         assert r["faces"][0]["matches"][0]["label"] == "Paul_Tagliabue"
     finally:
@@ -102,7 +102,7 @@ def test_gallery_in_stores_yaml_is_ingested_at_start(
         for n in (a, b):
             n.wait_ready()
             wait_until(
-                lambda n=n: httpx.get(f"{n.url}/v1/info").json()["vectors"] == 7,
+                lambda n=n: httpx.get(f"{n.url}/v1/stores/gal/info").json()["vectors"] == 7,
                 120,
                 what="gallery ingested and seen by every replica",
             )

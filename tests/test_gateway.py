@@ -221,12 +221,12 @@ def test_member_binding_is_returned_and_erase_removes_everywhere(
         for sid in ("store-a", "store-b"):
             for node in cluster.shards[sid]:
                 wait_until(
-                    lambda n=node: (
+                    lambda n=node, sid=sid: (
                         face_id
                         not in [
                             m["face_id"]
                             for m in httpx.post(
-                                f"{n.url}/v1/identify",
+                                f"{n.url}/v1/stores/{sid}/identify",
                                 files={"image": ("q.jpg", second)},
                                 data={"top_k": "50"},
                                 timeout=30,

@@ -27,7 +27,9 @@ def cluster(tmp_path: Path) -> Iterator[tuple[RedisServer, Path]]:
 
 def _enroll(url: str, emb: np.ndarray, label: str = "") -> int:
     r = httpx.post(
-        f"{url}/v1/faces/embedding", json={"embedding": emb.tolist(), "label": label}, timeout=30
+        f"{url}/v1/stores/{STORE}/faces/embedding",
+        json={"embedding": emb.tolist(), "label": label},
+        timeout=30,
     )
     assert r.status_code == 201, r.text
     return int(r.json()["face_id"])
@@ -42,7 +44,7 @@ def _top(url: str, queries: np.ndarray, k: int = 3) -> list[list[tuple[int, floa
 
 
 def _info(url: str) -> dict:
-    return httpx.get(f"{url}/v1/info", timeout=10).json()
+    return httpx.get(f"{url}/v1/stores/{STORE}/info", timeout=10).json()
 
 
 def test_two_replicas_converge_on_enroll_and_erase(
@@ -78,7 +80,7 @@ def test_restart_answers_exactly_as_before_from_snapshot(
     a.stop()  # graceful: writes its snapshot on the way out
     a = ShardNode(STORE, stores, server.url, tmp_path / "a", port=a.port).start()
     try:
-        ready = httpx.get(f"{a.url}/readyz").json()["details"]
+        ready = httpx.get(f"{a.url}/readyz").json()["details"]["stores"][STORE]
         assert ready["loaded_from"] == "snapshot"
         assert _top(a.url, queries, 5) == before
     finally:
@@ -94,7 +96,10 @@ def test_killed_replica_loses_nothing_acknowledged(
     a.kill()  # SIGKILL: no snapshot, no goodbye
     a = ShardNode(STORE, stores, server.url, tmp_path / "a", port=a.port).start()
     try:
-        assert httpx.get(f"{a.url}/readyz").json()["details"]["loaded_from"] == "redis"
+        assert (
+            httpx.get(f"{a.url}/readyz").json()["details"]["stores"][STORE]["loaded_from"]
+            == "redis"
+        )
         assert [row[0][0] for row in _top(a.url, dev_set.embeddings[:30], 1)] == ids
     finally:
         a.stop()
@@ -141,7 +146,10 @@ def test_replica_that_missed_trimmed_feed_rebuilds(
     redis_lib.Redis(port=server.port).xtrim(f"store:{STORE}:feed", maxlen=2)  # lose history
     a = ShardNode(STORE, stores, server.url, tmp_path / "a", port=a.port).start()
     try:
-        assert httpx.get(f"{a.url}/readyz").json()["details"]["loaded_from"] == "redis"
+        assert (
+            httpx.get(f"{a.url}/readyz").json()["details"]["stores"][STORE]["loaded_from"]
+            == "redis"
+        )
         assert _info(a.url)["vectors"] == 19
         assert [row[0][0] for row in _top(a.url, dev_set.embeddings[10:20], 1)] == more
     finally:
@@ -151,14 +159,26 @@ def test_replica_that_missed_trimmed_feed_rebuilds(
 def test_a_node_with_another_embedder_is_refused(
     cluster: tuple[RedisServer, Path], tmp_path: Path, dev_set: EmbeddedSet
 ) -> None:
-    """Mixing embedders in one store's index would make every distance meaningless."""
+    """Mixing embedders in one store's index would make every distance meaningless: a node
+    with another embedder refuses the store (409, and says why), and serves nothing of it."""
     server, stores = cluster
     a = ShardNode(STORE, stores, server.url, tmp_path / "a").start()
     _enroll(a.url, dev_set.embeddings[0])
     a.stop()
     other = write_stores(tmp_path / "arcface.yaml", [{"id": STORE, "embedder": "arcface"}])
-    b = ShardNode(STORE, other, server.url, tmp_path / "b")
-    b.start(wait=False)
-    wait_until(lambda: not b.alive, 60, what="the arcface node to refuse the dlib store")
-    assert "holds dlib embeddings; this node runs arcface" in b.tail()
-    b.stop()
+    b = ShardNode(STORE, other, server.url, tmp_path / "b").start()
+    try:
+        r = httpx.post(
+            f"{b.url}/v1/stores/{STORE}/faces/embedding",
+            json={"embedding": [0.1] * 128},
+            timeout=10,
+        )
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "embedder_mismatch"
+        assert "holds dlib embeddings; this node runs arcface" in r.json()["error"]["message"]
+        refused = httpx.get(f"{b.url}/readyz", timeout=10).json()["details"]["stores"][STORE]
+        assert "holds dlib embeddings" in refused["refused"]
+        assert _info(b.url)["vectors"] == 0
+        assert "holds dlib embeddings; this node runs arcface" in b.tail()
+    finally:
+        b.stop()

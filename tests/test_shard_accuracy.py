@@ -42,10 +42,13 @@ def test_gallery_among_strangers(
     with httpx.Client(base_url=shard.url, timeout=60) as c:
         face_of: dict[int, str] = {}
         for emb, label in zip(s.gallery, s.gallery_labels, strict=True):
-            r = c.post("/v1/faces/embedding", json={"embedding": emb.tolist(), "label": label})
+            r = c.post(
+                f"/v1/stores/{STORE}/faces/embedding",
+                json={"embedding": emb.tolist(), "label": label},
+            )
             assert r.status_code == 201, r.text
             face_of[r.json()["face_id"]] = label
-        threshold = c.get("/v1/info").json()["threshold"]
+        threshold = c.get(f"/v1/stores/{STORE}/info").json()["threshold"]
 
         def top1(queries: np.ndarray) -> list[tuple[str, float]]:
             out = []
@@ -83,14 +86,18 @@ def test_identify_real_photos_over_http(shard: ShardNode, faces: Path) -> None:
         ids = {}
         for p in people:
             r = c.post(
-                "/v1/faces", files={"image": ("a.jpg", photo(faces, p, 1))}, data={"label": p}
+                f"/v1/stores/{STORE}/faces",
+                files={"image": ("a.jpg", photo(faces, p, 1))},
+                data={"label": p},
             )
             assert r.status_code == 201, r.text
             ids[p] = r.json()["face_id"]
         hits = 0
         for p in people:
             for n in (2, 3, 4):
-                body = c.post("/v1/identify", files={"image": ("q.jpg", photo(faces, p, n))}).json()
+                body = c.post(
+                    f"/v1/stores/{STORE}/identify", files={"image": ("q.jpg", photo(faces, p, n))}
+                ).json()
                 best = body["faces"][0]["matches"][0]
                 # Rank-1 through decode/detect/embed; the threshold is asserted above. The
                 # gallery above holds the same first photo under the same label.

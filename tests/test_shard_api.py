@@ -38,11 +38,13 @@ def client(shard: ShardNode) -> Iterator[httpx.Client]:
 
 
 def enroll(client: httpx.Client, data: bytes, **form: str) -> httpx.Response:
-    return client.post("/v1/faces", files={"image": ("p.jpg", data, "image/jpeg")}, data=form)
+    return client.post(
+        f"/v1/stores/{STORE}/faces", files={"image": ("p.jpg", data, "image/jpeg")}, data=form
+    )
 
 
 def info(client: httpx.Client) -> dict:
-    return client.get("/v1/info").json()
+    return client.get(f"/v1/stores/{STORE}/info").json()
 
 
 def test_info_describes_store_and_embedder(client: httpx.Client) -> None:
@@ -60,7 +62,8 @@ def test_enroll_then_identify_same_person_other_photo(client: httpx.Client, face
     assert r.json()["created"] is True
 
     r = client.post(
-        "/v1/identify", files={"image": ("q.jpg", photo(faces, "Rebekah_Chantay_Revels", 3))}
+        f"/v1/stores/{STORE}/identify",
+        files={"image": ("q.jpg", photo(faces, "Rebekah_Chantay_Revels", 3))},
     )
     assert r.status_code == 200, r.text
     body = r.json()
@@ -96,7 +99,8 @@ def test_add_photo_to_existing_face_and_erase_all_vectors(
     assert after["vectors"] == before["vectors"] - 2
     assert after["faces"] == before["faces"] - 1
     probe = client.post(
-        "/v1/identify", files={"image": ("q.jpg", photo(faces, "George_Clooney", 3))}
+        f"/v1/stores/{STORE}/identify",
+        files={"image": ("q.jpg", photo(faces, "George_Clooney", 3))},
     ).json()
     assert all(m["face_id"] != face_id for m in probe["faces"][0]["matches"])
     assert client.delete(f"/v1/faces/{face_id}").status_code == 404
@@ -105,7 +109,8 @@ def test_add_photo_to_existing_face_and_erase_all_vectors(
 def test_search_by_embedding_returns_distinct_faces(client: httpx.Client, faces: Path) -> None:
     enroll(client, photo(faces, "Barbra_Streisand", 1), label="Barbra_Streisand")
     ident = client.post(
-        "/v1/identify", files={"image": ("q.jpg", photo(faces, "Barbra_Streisand", 3))}
+        f"/v1/stores/{STORE}/identify",
+        files={"image": ("q.jpg", photo(faces, "Barbra_Streisand", 3))},
     ).json()
     emb = ident["faces"][0]["embedding"]
     r = client.post("/v1/search", json={"embeddings": [emb], "top_k": 3})
@@ -121,11 +126,12 @@ def test_enroll_embedding_with_register_threshold_reuses_close_face(
     client: httpx.Client, faces: Path
 ) -> None:
     ident = client.post(
-        "/v1/identify", files={"image": ("q.jpg", photo(faces, "Barbra_Streisand", 3))}
+        f"/v1/stores/{STORE}/identify",
+        files={"image": ("q.jpg", photo(faces, "Barbra_Streisand", 3))},
     ).json()
     emb = ident["faces"][0]["embedding"]
     r = client.post(
-        "/v1/faces/embedding",
+        f"/v1/stores/{STORE}/faces/embedding",
         json={"embedding": emb, "kind": "visitor", "register_threshold": 0.45},
     )
     assert r.status_code == 201
@@ -192,31 +198,31 @@ def test_bad_enrollment_is_4xx_and_changes_nothing(
 @pytest.mark.parametrize("case", ["not_an_image", "truncated", "empty", "huge_file", "bomb"])
 def test_bad_identify_is_4xx(client: httpx.Client, faces: Path, case: str) -> None:
     make, status, code = BAD[case]
-    r = client.post("/v1/identify", files={"image": ("x.jpg", make(faces))})
+    r = client.post(f"/v1/stores/{STORE}/identify", files={"image": ("x.jpg", make(faces))})
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code
 
 
 def test_identify_without_image_is_missing_field(client: httpx.Client) -> None:
-    r = client.post("/v1/identify", data={"top_k": "3"})
+    r = client.post(f"/v1/stores/{STORE}/identify", data={"top_k": "3"})
     assert r.status_code == 422
     assert r.json()["error"]["code"] == "missing_field"
 
 
 def test_identify_no_face_is_empty_list_not_error(client: httpx.Client) -> None:
-    r = client.post("/v1/identify", files={"image": ("x.jpg", _jpeg((200, 200)))})
+    r = client.post(f"/v1/stores/{STORE}/identify", files={"image": ("x.jpg", _jpeg((200, 200)))})
     assert r.status_code == 200 and r.json()["faces"] == []
 
 
 def test_embedding_of_wrong_dimension_is_refused(client: httpx.Client) -> None:
     r = client.post("/v1/search", json={"embeddings": [[0.1] * 12]})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_embedding"
-    r = client.post("/v1/faces/embedding", json={"embedding": [0.1] * 512})
+    r = client.post(f"/v1/stores/{STORE}/faces/embedding", json={"embedding": [0.1] * 512})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_embedding"
 
 
 def test_group_photo_answers_every_face_largest_first(client: httpx.Client, faces: Path) -> None:
-    r = client.post("/v1/identify", files={"image": ("g.jpg", _group(faces))})
+    r = client.post(f"/v1/stores/{STORE}/identify", files={"image": ("g.jpg", _group(faces))})
     body = r.json()
     assert len(body["faces"]) == 2
     sizes = [f["box"]["w"] * f["box"]["h"] for f in body["faces"]]
@@ -230,11 +236,11 @@ def test_exif_orientation_is_applied(client: httpx.Client, faces: Path) -> None:
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
     buf = io.BytesIO()
     img.save(buf, "JPEG", exif=exif.tobytes())
-    r = client.post("/v1/identify", files={"image": ("r.jpg", buf.getvalue())})
+    r = client.post(f"/v1/stores/{STORE}/identify", files={"image": ("r.jpg", buf.getvalue())})
     assert len(r.json()["faces"]) == 1
     plain = io.BytesIO()
     img.save(plain, "JPEG")
-    r2 = client.post("/v1/identify", files={"image": ("r.jpg", plain.getvalue())})
+    r2 = client.post(f"/v1/stores/{STORE}/identify", files={"image": ("r.jpg", plain.getvalue())})
     assert r2.json()["faces"] == []  # sideways without the tag: HOG finds nobody
 
 

@@ -1,0 +1,293 @@
+"""A shard node: every store of its node group in one process, one index per store.
+
+One face pipeline pool serves all hosted stores; one blocking read follows all their change
+feeds; stores.yaml is watched so a store added to the group, or moved away from it, is
+loaded or let go without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shard_node.faces.base import EmbedderInfo
+from shard_node.faces.pool import FacePool
+from shard_node.gallery import ingest_folder
+from shard_node.index import IndexPolicy
+from shard_node.replica import Replica
+from storeface.errors import EmbedderMismatch, NotReady, StoreNotHosted
+from storeface.facedb import FaceDB
+from storeface.stores import StoreConfig, StoresFile, WatchedStoresFile
+
+log = logging.getLogger("shard_node.node")
+
+
+@dataclass
+class StoreState:
+    """One hosted store: its config, its index (via the replica) and the node's shared parts."""
+
+    store: StoreConfig
+    replica: Replica
+    pool: FacePool
+    db: FaceDB
+    threshold: float
+    register_lock_s: float = 5.0
+    observe: Callable[[dict[str, float]], None] = lambda timings: None
+    refused: str = ""  # why this node will not serve the store (another embedder's faces)
+    leaving_at: float | None = None  # the store left this group; let go at this time
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def serving(self) -> bool:
+        return self.replica.loaded and not self.refused
+
+    def require_ready(self) -> None:
+        if self.refused:
+            raise EmbedderMismatch(self.refused, store_id=self.store.id)
+        if not self.replica.loaded:
+            raise NotReady(f"store {self.store.id} is still loading", store_id=self.store.id)
+
+
+@dataclass
+class NodeOptions:
+    """The node-wide settings a hosted store needs."""
+
+    snapshot_dir: Path | None
+    policy: IndexPolicy
+    register_lock_s: float
+    release_grace_s: float  # a store that left keeps answering this long (stale gateways)
+    load_wait_s: float  # a request for a store still loading waits this long for it
+
+
+class Node:
+    """The stores of one node group, kept in step with stores.yaml and with Redis."""
+
+    def __init__(
+        self,
+        node_id: str,
+        info: EmbedderInfo,
+        db: FaceDB,
+        pool: FacePool,
+        stores_file: WatchedStoresFile,
+        options: NodeOptions,
+        observe: Callable[[dict[str, float]], None] = lambda timings: None,
+    ) -> None:
+        self.node_id = node_id
+        self.info = info
+        self.db = db
+        self.pool = pool
+        self.stores_file = stores_file
+        self.options = options
+        self.observe = observe
+        self.stores: dict[str, StoreState] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- which stores ------------------------------------------------------------------------
+
+    def store_ids(self) -> list[str]:
+        return sorted(self.stores)
+
+    def hosted(self, store_id: str) -> StoreState:
+        """A store this node hosts, in whatever state it is."""
+        st = self.stores.get(store_id)
+        if st is None:
+            raise StoreNotHosted(
+                f"node {self.node_id} does not host store {store_id}",
+                store_id=store_id,
+                node_id=self.node_id,
+            )
+        return st
+
+    async def get(self, store_id: str) -> StoreState:
+        """A hosted store, ready to serve; one still loading is waited for a little."""
+        if store_id not in self.stores and self.stores_file.check():
+            # A gateway that read an edit of stores.yaml before this node did: catch up now.
+            self.sync(self.stores_file.config)
+        st = self.hosted(store_id)
+        if not st.ready.is_set() and not st.refused:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(st.ready.wait(), self.options.load_wait_s)
+        st.require_ready()
+        return st
+
+    @property
+    def loaded(self) -> bool:
+        """Every store it serves is loaded (a refused store is reported, not waited for)."""
+        return all(st.replica.loaded for st in self.stores.values() if not st.refused)
+
+    def sync(self, cfg: StoresFile) -> None:
+        """Host exactly the stores the file gives this group: load new ones, release old ones."""
+        group = cfg.group(self.node_id)
+        if group is None:
+            log.error("node %s is no longer in stores.yaml; keeping its stores", self.node_id)
+            return
+        if group.embedder != self.info.name:
+            log.error(
+                "node %s now names embedder %s but runs %s: restart it to switch",
+                self.node_id,
+                group.embedder,
+                self.info.name,
+            )
+            return
+        wanted = {sid: cfg.store(sid) for sid in group.stores}
+        for sid, store in wanted.items():
+            assert store is not None
+            st = self.stores.get(sid)
+            if st is None:
+                self._host(store)
+                continue
+            if st.leaving_at is not None:
+                log.info("%s: back on node %s; keeping it", sid, self.node_id)
+                st.leaving_at = None
+            st.store = store
+            st.threshold = store.threshold or self.info.threshold
+        now = time.monotonic()
+        for sid, st in self.stores.items():
+            if sid not in wanted and st.leaving_at is None:
+                log.info(
+                    "%s: no longer on node %s; letting it go in %.0fs",
+                    sid,
+                    self.node_id,
+                    self.options.release_grace_s,
+                )
+                st.leaving_at = now + self.options.release_grace_s
+
+    def _host(self, store: StoreConfig) -> None:
+        """Start hosting a store: it is listed (as loading) at once, and loads behind."""
+        st = StoreState(
+            store=store,
+            replica=Replica(
+                store.id, self.info, self.db, self.options.snapshot_dir, self.options.policy
+            ),
+            pool=self.pool,
+            db=self.db,
+            threshold=store.threshold or self.info.threshold,
+            register_lock_s=self.options.register_lock_s,
+            observe=self.observe,
+        )
+        self.stores[store.id] = st
+        self._spawn(self._load(st))
+
+    async def _load(self, st: StoreState) -> None:
+        """Claim the store's embedder, load its index, then ingest its gallery if it has one."""
+        store = st.store
+        recorded = await self.db.claim_embedder(store.id, self.info.name)
+        if recorded != self.info.name:
+            st.refused = (
+                f"store {store.id} holds {recorded} embeddings; this node runs {self.info.name}"
+            )
+            log.error("%s: refused: %s", store.id, st.refused)
+            st.ready.set()
+            return
+        while True:
+            try:
+                await st.replica.load()
+                break
+            except Exception:  # Redis restarting: try again, the store stays "loading"
+                log.exception("%s: loading failed; retrying", store.id)
+                await asyncio.sleep(1.0)
+        st.ready.set()
+        if store.gallery:
+            self._spawn(self._gallery(st, Path(store.gallery)))
+
+    def _release_due(self) -> None:
+        now = time.monotonic()
+        for sid, st in list(self.stores.items()):
+            if st.leaving_at is not None and now >= st.leaving_at:
+                del self.stores[sid]
+                st.replica.forget_snapshot()
+                log.info("%s: let go by node %s", sid, self.node_id)
+
+    async def watch(self, interval: float) -> None:
+        """Apply stores.yaml edits; release stores whose grace period is over."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.stores_file.check():
+                self.sync(self.stores_file.config)
+            self._release_due()
+
+    # --- the feeds -----------------------------------------------------------------------
+
+    async def follow(self, block_ms: int) -> None:
+        """One blocking read over every loaded store's feed, forever; replicas converge."""
+        while True:
+            try:
+                live = {sid: st for sid, st in self.stores.items() if st.replica.loaded}
+                if not live:
+                    await asyncio.sleep(block_ms / 1000)
+                    continue
+                feeds = await self.db.read_feeds(
+                    {sid: st.replica.position for sid, st in live.items()},
+                    count=2000,
+                    block_ms=block_ms,
+                )
+                for sid, events in feeds.items():
+                    await live[sid].replica.apply(events)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis restarting: keep serving, retry shortly
+                log.exception("node %s: feed read failed; retrying", self.node_id)
+                await asyncio.sleep(1.0)
+
+    async def catch_up(self) -> None:
+        for st in list(self.stores.values()):
+            if st.replica.loaded:
+                await st.replica.catch_up()
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    async def snapshot(self) -> None:
+        for st in list(self.stores.values()):
+            try:
+                await st.replica.snapshot()
+            except Exception:
+                log.exception("%s: snapshot failed", st.store.id)
+
+    async def snapshot_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await self.snapshot()
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("node %s: task failed", self.node_id, exc_info=task.exception())
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _gallery(self, st: StoreState, folder: Path) -> None:
+        """One replica of the group ingests a store's gallery; re-runs add nothing twice."""
+        lock = self.db.redis.lock(f"lock:gallery:{st.store.id}", timeout=3600)
+        if not await lock.acquire(blocking=False):
+            return
+        try:
+            report = await ingest_folder(
+                self.db,
+                self.pool,
+                st.store.id,
+                self.info,
+                folder,
+                min_size=st.store.min_face_size,
+                on_added=st.replica.apply_local_add,
+            )
+            log.info("%s: gallery %s: %s", st.store.id, folder, report.summary())
+        except Exception:
+            log.exception("%s: gallery ingest of %s failed", st.store.id, folder)
+        finally:
+            with contextlib.suppress(Exception):
+                await lock.release()
