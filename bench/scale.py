@@ -115,12 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs: list[tuple[str, int]] = [("groups", int(n)) for n in args.sizes.split(",") if n]
     runs += [("per-store", int(n)) for n in args.per_store_sizes.split(",") if n]
-    people = never_seen(args.warmup + args.requests * len(runs))
+    # Every run is a fresh cluster (its own Redis), so the same people are never-seen in each.
+    people = never_seen(args.warmup + args.requests)
+    warmup, photos = people[: args.warmup], people[args.warmup :]
     results: list[dict[str, Any]] = []
-    for i, (shape, size) in enumerate(runs):
-        # fresh people for every run: each one is never-seen in that cluster too
-        chunk = people[i * (args.warmup + args.requests) : (i + 1) * (args.warmup + args.requests)]
-        warmup, photos = chunk[: args.warmup], chunk[args.warmup :]
+    for shape, size in runs:
         stores, nodes = topology(shape, size, args.groups, embedder)
         log(f"{shape}: {size} stores ({embedder}) ...")
         t0 = time.monotonic()

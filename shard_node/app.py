@@ -72,6 +72,8 @@ def create_app(settings: ShardSettings) -> FastAPI:
                 register_lock_s=settings.register_lock_s,
                 release_grace_s=settings.release_grace_s,
                 load_wait_s=settings.load_wait_s,
+                group_index=settings.group_index,
+                group_index_min_stores=settings.group_index_min_stores,
             ),
             observe=stage_observer(registry, "shard"),
         )

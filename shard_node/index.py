@@ -137,6 +137,9 @@ class StoreIndex:
     def vectors_of(self, face_id: int) -> set[int]:
         return set(self._face_vecs.get(face_id, ()))
 
+    def face_of(self, vec_id: int) -> int:
+        return self._vec_face[vec_id]
+
     # --- writes --------------------------------------------------------------------------
 
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
@@ -173,8 +176,14 @@ class StoreIndex:
 
     def remove_face(self, face_id: int) -> int:
         """Remove every vector of a FaceId; returns how many went."""
+        return self.remove_faces([face_id])
+
+    def remove_faces(self, face_ids: list[int] | set[int]) -> int:
+        """Remove every vector of these FaceIds in one pass over the index."""
         with self._lock:
-            vecs = self._face_vecs.pop(face_id, set())
+            vecs: set[int] = set()
+            for face_id in face_ids:
+                vecs |= self._face_vecs.pop(face_id, set())
             if not vecs:
                 return 0
             for v in vecs:
@@ -238,8 +247,8 @@ class StoreIndex:
             return True
         return n >= self._trained_at * self.policy.retrain_growth
 
-    def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every stored (id, vector), read straight out of faiss's own arrays."""
+    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored (id, vector): a copy, read straight out of faiss's own arrays."""
         with self._lock:
             index = self._index
             if index.ntotal == 0:
@@ -275,7 +284,7 @@ class StoreIndex:
         try:
             with self._lock:
                 self._pending = []
-                ids, vecs = self._all_vectors()
+                ids, vecs = self.all_vectors()
             t0 = time.perf_counter()
             n = len(ids)
             if n < self.policy.ivf_threshold:

@@ -18,6 +18,7 @@ from pathlib import Path
 from shard_node.faces.base import EmbedderInfo
 from shard_node.faces.pool import FacePool
 from shard_node.gallery import ingest_folder
+from shard_node.group_index import GroupIndex
 from shard_node.index import IndexPolicy
 from shard_node.replica import Replica
 from storeface.errors import EmbedderMismatch, NotReady, StoreNotHosted
@@ -62,6 +63,8 @@ class NodeOptions:
     register_lock_s: float
     release_grace_s: float  # a store that left keeps answering this long (stale gateways)
     load_wait_s: float  # a request for a store still loading waits this long for it
+    group_index: str = "auto"  # auto | on | off: keep a GroupIndex for the fan-out
+    group_index_min_stores: int = 32
 
 
 class Node:
@@ -85,6 +88,8 @@ class Node:
         self.options = options
         self.observe = observe
         self.stores: dict[str, StoreState] = {}
+        self.group: GroupIndex | None = None
+        self._group_rebuild: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- which stores ------------------------------------------------------------------------
@@ -146,6 +151,7 @@ class Node:
                 st.leaving_at = None
             st.store = store
             st.threshold = store.threshold or self.info.threshold
+        self._keep_group_index()
         now = time.monotonic()
         for sid, st in self.stores.items():
             if sid not in wanted and st.leaving_at is None:
@@ -170,6 +176,7 @@ class Node:
             register_lock_s=self.options.register_lock_s,
             observe=self.observe,
         )
+        st.replica.group = self.group
         self.stores[store.id] = st
         self._spawn(self._load(st))
 
@@ -200,8 +207,37 @@ class Node:
         for sid, st in list(self.stores.items()):
             if st.leaving_at is not None and now >= st.leaving_at:
                 del self.stores[sid]
+                if self.group is not None:
+                    self.group.drop_store(sid)
+                    st.replica.group = None
                 st.replica.forget_snapshot()
                 log.info("%s: let go by node %s", sid, self.node_id)
+        self._keep_group_index()
+
+    def _keep_group_index(self) -> None:
+        """Build the group-wide index once the node hosts enough stores; drop it below."""
+        mode, least = self.options.group_index, self.options.group_index_min_stores
+        want = mode == "on" or (mode == "auto" and len(self.stores) >= least)
+        if want and self.group is None:
+            group = GroupIndex(self.info.dim, self.info.metric, self.info.name, self.options.policy)
+            # No await from here on: no feed entry can slip in between copy and hook.
+            for sid, st in self.stores.items():
+                group.replace_store(sid, st.replica.index)
+                st.replica.group = group
+            self.group = group
+            log.info("node %s: group index over %d stores", self.node_id, len(self.stores))
+        elif not want and self.group is not None:
+            for st in self.stores.values():
+                st.replica.group = None
+            self.group = None
+        if (
+            self.group is not None
+            and self.group.needs_rebuild()
+            and (self._group_rebuild is None or self._group_rebuild.done())
+        ):
+            self._group_rebuild = asyncio.get_running_loop().create_task(
+                asyncio.to_thread(self.group.index.rebuild)
+            )
 
     async def watch(self, interval: float) -> None:
         """Apply stores.yaml edits; release stores whose grace period is over."""
@@ -209,7 +245,7 @@ class Node:
             await asyncio.sleep(interval)
             if self.stores_file.check():
                 self.sync(self.stores_file.config)
-            self._release_due()
+            self._release_due()  # and reshapes the group index as it grows
 
     # --- the feeds -----------------------------------------------------------------------
 

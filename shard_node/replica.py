@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from shard_node.faces.base import EmbedderInfo
+from shard_node.group_index import GroupIndex
 from shard_node.index import IndexPolicy, StoreIndex
 from storeface.facedb import FaceDB, FeedEvent
 
@@ -46,6 +47,8 @@ class Replica:
         self._apply_lock = asyncio.Lock()
         self._saved_gen = -1
         self._rebuild_task: asyncio.Task[None] | None = None
+        # The node's index over all its stores, when it keeps one: every change goes there too.
+        self.group: GroupIndex | None = None
 
     # --- loading -------------------------------------------------------------------------
 
@@ -64,7 +67,8 @@ class Replica:
             )
         async with self._apply_lock:
             if snap is not None:
-                self.index, meta = snap
+                self._replace(snap[0])
+                meta = snap[1]
                 self.position, self.gen = meta["position"], int(meta["gen"])
                 self._saved_gen = self.gen
                 try:
@@ -93,7 +97,8 @@ class Replica:
         index = StoreIndex(self.info.dim, self.info.metric, self.info.name, self.policy)
         async for vids, fids, embs in self.db.scan_vectors(self.store_id):
             await asyncio.to_thread(index.add, vids, fids, embs)
-        self.index, self.position, self.gen = index, position, gen
+        self._replace(index)
+        self.position, self.gen = position, gen
         # Writes between feed_head and the scan are in both; replaying them is harmless.
         await self._catch_up_locked()
         # A large store answers at once with exact search; IVF is trained behind it.
@@ -130,14 +135,14 @@ class Replica:
             elif ev.op == "remove":
                 self._flush_adds(adds)
                 adds = ([], [], [])
-                self.index.remove_face(ev.face_id)
+                self.remove_face(ev.face_id)
             self.gen, self.position = ev.gen, ev.id
         self._flush_adds(adds)
         self._maybe_reshape()
 
     def _flush_adds(self, adds: tuple[list[int], list[int], list[np.ndarray]]) -> None:
         if adds[0]:
-            self.index.add(adds[0], adds[1], np.vstack(adds[2]))
+            self._add(adds[0], adds[1], np.vstack(adds[2]))
 
     async def apply(self, events: list[FeedEvent]) -> None:
         """Apply entries the node's feed follower read; a gap means a rebuild from Redis."""
@@ -152,8 +157,25 @@ class Replica:
 
     def apply_local_add(self, vec_id: int, face_id: int, embedding: np.ndarray) -> None:
         """Make our own acknowledged write searchable here at once; the feed replays it."""
-        self.index.add([vec_id], [face_id], embedding)
+        self._add([vec_id], [face_id], embedding)
         self._maybe_reshape()
+
+    def remove_face(self, face_id: int) -> None:
+        """Drop every vector of a FaceId from this store's index (and the group's)."""
+        vecs = self.index.vectors_of(face_id)
+        self.index.remove_face(face_id)
+        if self.group is not None and vecs:
+            self.group.remove(self.store_id, vecs)
+
+    def _add(self, vec_ids: list[int], face_ids: list[int], vectors: np.ndarray) -> None:
+        self.index.add(vec_ids, face_ids, vectors)
+        if self.group is not None:
+            self.group.add(self.store_id, vec_ids, face_ids, vectors)
+
+    def _replace(self, index: StoreIndex) -> None:
+        self.index = index
+        if self.group is not None:
+            self.group.replace_store(self.store_id, index)
 
     def _maybe_reshape(self) -> None:
         if self.index.needs_rebuild() and (self._rebuild_task is None or self._rebuild_task.done()):

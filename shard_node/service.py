@@ -81,28 +81,43 @@ async def search(node: Node, req: wire.SearchRequest) -> wire.SearchResponse:
     wanted = node.store_ids() if req.stores is None else list(dict.fromkeys(req.stores))
     live = [node.stores[s] for s in wanted if s in node.stores and node.stores[s].serving]
     missing = sorted(set(wanted) - {st.store.id for st in live})
-    queries = np.asarray(req.embeddings, dtype=np.float32)
-    rows: list[list[tuple[IndexMatch, str]]] = [[] for _ in req.embeddings]
+    rows: list[list[tuple[IndexMatch, str]] | None] = [None] * len(req.embeddings)
     if live:
         # Validated once: every store of a group shares the node's embedder.
-        queries = live[0].replica.index.prepare(queries)
-    for st in live:
-        found_rows = st.replica.index.search_prepared(queries, req.top_k)
-        for row, found in zip(rows, found_rows, strict=True):
-            row += [(m, st.store.id) for m in found]
-    for i, row in enumerate(rows):
-        best: dict[int, tuple[IndexMatch, str]] = {}
-        for m, sid in sorted(row, key=lambda ms: ms[0].distance):
-            best.setdefault(m.face_id, (m, sid))  # a learned face may live in several stores
-        rows[i] = list(best.values())[: req.top_k]
+        queries = live[0].replica.index.prepare(np.asarray(req.embeddings, dtype=np.float32))
+        if node.group is not None and len(live) > 1:
+            rows = node.group.search(queries, req.top_k, {st.store.id for st in live})
+        todo = [i for i, row in enumerate(rows) if row is None]
+        if todo:
+            looped = _search_each(live, queries[todo], req.top_k)
+            for i, row in zip(todo, looped, strict=True):
+                rows[i] = row
     return wire.SearchResponse(
         node_id=node.node_id,
         embedder=node.info.name,
-        results=await _labelled(node.db, rows),
+        results=await _labelled(node.db, [row or [] for row in rows]),
         stores=[st.store.id for st in live],
         missing=missing,
         search_ms=round((time.perf_counter() - t0) * 1000, 3),
     )
+
+
+def _search_each(
+    live: list[StoreState], queries: np.ndarray, k: int
+) -> list[list[tuple[IndexMatch, str]]]:
+    """Each store's own index in turn, merged: best first, one entry per FaceId."""
+    rows: list[list[tuple[IndexMatch, str]]] = [[] for _ in queries]
+    for st in live:
+        found_rows = st.replica.index.search_prepared(queries, k)
+        for row, found in zip(rows, found_rows, strict=True):
+            row += [(m, st.store.id) for m in found]
+    merged = []
+    for row in rows:
+        best: dict[int, tuple[IndexMatch, str]] = {}
+        for m, sid in sorted(row, key=lambda ms: ms[0].distance):
+            best.setdefault(m.face_id, (m, sid))  # a learned face may live in several stores
+        merged.append(list(best.values())[:k])
+    return merged
 
 
 def _enrollable(faces: list[Face], min_size: int, largest: bool) -> Face:
@@ -232,7 +247,7 @@ async def erase(node: Node, face_id: int) -> wire.EraseResponse:
     """Erase a person from Redis (all stores) and from this node's indexes at once."""
     result = await node.db.erase_face(face_id)
     for st in list(node.stores.values()):
-        st.replica.index.remove_face(face_id)
+        st.replica.remove_face(face_id)
     if not result.existed:
         raise FaceNotFound(face_id=face_id)
     return wire.EraseResponse(face_id=face_id, erased=True, stores=result.stores)
@@ -266,4 +281,6 @@ def node_info(node: Node) -> wire.NodeInfoResponse:
         dim=node.info.dim,
         metric=node.info.metric,
         stores=[store_info(node.stores[s]) for s in node.store_ids()],
+        group_index=node.group.index.kind if node.group is not None else None,
+        group_index_vectors=len(node.group) if node.group is not None else 0,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -31,5 +32,10 @@ class ShardSettings(BaseSettings):
     reload_interval_s: float = 1.0  # how often stores.yaml is checked for edits
     release_grace_s: float = 30.0  # a store moved away keeps answering this long
     load_wait_s: float = 10.0  # a request for a store still loading waits this long
+    # One more index over all hosted stores for the cross-store search: "auto" keeps one
+    # from `group_index_min_stores` stores up (it doubles the vectors' memory; below that
+    # a loop over the stores' own indexes costs under ~0.3 ms; bench/group_search).
+    group_index: Literal["auto", "on", "off"] = "auto"
+    group_index_min_stores: int = 32
     register_lock_s: float = 5.0
     models_dir: Path = Path("../shared/models")

@@ -127,6 +127,10 @@ class NodeInfoResponse(BaseModel):
     dim: int
     metric: str
     stores: list[InfoResponse]
+    group_index: str | None = Field(
+        default=None, description="the index over all hosted stores (flat/ivf), if kept"
+    )
+    group_index_vectors: int = 0
 
 
 class HealthResponse(BaseModel):

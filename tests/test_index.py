@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shard_node.group_index import GroupIndex
 from shard_node.index import IndexPolicy, StoreIndex
 from storeface.dataset import EmbeddedSet
 from storeface.errors import EmbeddingInvalid
@@ -143,3 +144,26 @@ def test_ivf_keeps_recall_on_realistic_vectors(distractor_set: EmbeddedSet) -> N
     agreement = float(np.mean(np.array(got) == np.array(want)))
     assert idx.kind == "ivf" or idx.nprobe == 0  # IVF, or honestly refused
     assert agreement >= 0.97, (idx.kind, idx.nprobe, agreement)
+
+
+def test_group_index_tags_stores_and_says_when_filtering_left_too_few() -> None:
+    """The group-wide index answers per store; when the stores asked for are crowded out of
+    the nearest vectors by another store's, it says so (None) instead of answering short."""
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((1, 128)).astype(np.float32)
+    near = q + 0.01 * rng.standard_normal((100, 128)).astype(np.float32)
+    far = q + 1.0 * rng.standard_normal((1, 128)).astype(np.float32)
+    group = GroupIndex(128, "l2", "test", IndexPolicy())
+    home = StoreIndex(128, "l2", "test")
+    home.add(list(range(100)), [1000 + i for i in range(100)], near)
+    group.replace_store("home", home)
+    group.add("other", [500], [7], far)
+    assert len(group) == 101
+    both = group.search(q, 2, {"home", "other"})[0]
+    assert both is not None and [sid for _, sid in both] == ["home", "home"]
+    assert group.search(q, 1, {"other"}) == [None]  # 100 nearer vectors of another store
+    group.remove("home", set(range(100)))
+    only = group.search(q, 1, {"other"})[0]
+    assert only is not None and [(m.face_id, sid) for m, sid in only] == [(7, "other")]
+    group.drop_store("other")
+    assert len(group) == 0 and group.search(q, 1, {"other"}) == [[]]
