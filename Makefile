@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
 
 .PHONY: venv run reload test lint format bench bench-search bench-pipeline bench-load bench-accuracy \
+        bench-scale \
         nginx-config ingest clean
 
 # A fresh machine needs nothing else: dlib comes as the prebuilt dlib-bin wheel (never
@@ -42,7 +43,7 @@ nginx-config: venv
 ingest: venv
 	$(BIN)/python -m shard_node ingest $(DIR) --store $(STORE)
 
-bench: bench-search bench-pipeline bench-accuracy bench-load
+bench: bench-search bench-pipeline bench-accuracy bench-load bench-scale
 
 bench-search: venv
 	$(BIN)/python -m bench.search
@@ -55,6 +56,9 @@ bench-accuracy: venv
 
 bench-load: venv
 	$(BIN)/python -m bench.load
+
+bench-scale: venv
+	$(BIN)/python -m bench.scale
 
 clean:
 	rm -rf .run .cache .mypy_cache .ruff_cache .pytest_cache
