@@ -91,6 +91,7 @@ class Node:
         self.group: GroupIndex | None = None
         self._group_rebuild: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._releases: set[asyncio.Task[None]] = set()  # awaited, never cancelled, on close
 
     # --- which stores ------------------------------------------------------------------------
 
@@ -210,7 +211,9 @@ class Node:
                 if self.group is not None:
                     self.group.drop_store(sid)
                     st.replica.group = None
-                st.replica.forget_snapshot()
+                task = asyncio.get_running_loop().create_task(st.replica.release())
+                self._releases.add(task)
+                task.add_done_callback(self._releases.discard)
                 log.info("%s: let go by node %s", sid, self.node_id)
         self._keep_group_index()
 
@@ -302,6 +305,7 @@ class Node:
             log.error("node %s: task failed", self.node_id, exc_info=task.exception())
 
     async def close(self) -> None:
+        await asyncio.gather(*self._releases, return_exceptions=True)
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

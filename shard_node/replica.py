@@ -44,6 +44,7 @@ class Replica:
         self.loaded = False
         self.load_seconds = 0.0
         self.loaded_from = ""
+        self.released = False
         self._apply_lock = asyncio.Lock()
         self._saved_gen = -1
         self._rebuild_task: asyncio.Task[None] | None = None
@@ -190,7 +191,7 @@ class Replica:
         if self.snapshot_dir is None or not self.loaded:
             return False
         async with self._apply_lock:
-            if self.gen == self._saved_gen:
+            if self.gen == self._saved_gen or self.released:
                 return False
             meta = {"position": self.position, "gen": self.gen, "saved_at": time.time()}
             gen = self.gen
@@ -199,7 +200,10 @@ class Replica:
             self._saved_gen = gen
         return True
 
-    def forget_snapshot(self) -> None:
-        """Delete this store's snapshot: a node that lets a store go keeps no copy of it."""
-        if self.snapshot_dir is not None:
-            shutil.rmtree(self.snapshot_dir, ignore_errors=True)
+    async def release(self) -> None:
+        """Let the store go: delete its snapshot, and write none again (a node that lets a
+        store go keeps no copy of its faces)."""
+        async with self._apply_lock:  # a snapshot being written finishes first
+            self.released = True
+            if self.snapshot_dir is not None:
+                await asyncio.to_thread(shutil.rmtree, self.snapshot_dir, True)

@@ -161,38 +161,34 @@ class StoresFile(BaseModel):
 
     def _resolve_groups(self) -> None:
         """Declared groups first, then one per store without a node; ports laid out in turn."""
-        shard_port = self.cluster.shard_port
+        declared = [
+            (n, tuple(s.id for s in self.stores if s.node == n.id), n.urls, ("nodes", j))
+            for j, n in enumerate(self.nodes)
+        ]
+        implied = [
+            (s, (s.id,), s.shard_urls, ("stores", i))
+            for i, s in enumerate(self.stores)
+            if s.node is None
+        ]
+        entries: list[
+            tuple[NodeConfig | StoreConfig, tuple[str, ...], list[str], tuple[str | int, ...]]
+        ] = [*declared, *implied]
         groups: list[NodeGroup] = []
-        for j, n in enumerate(self.nodes):
-            first = n.port if n.port is not None else shard_port + 10 * len(groups)
-            groups.append(
-                NodeGroup(
-                    id=n.id,
-                    replicas=n.replicas,
-                    ports=tuple(first + r for r in range(n.replicas)),
-                    embedder=n.embedder,
-                    embedder_options=dict(n.embedder_options),
-                    urls=tuple(n.urls),
-                    stores=tuple(s.id for s in self.stores if s.node == n.id),
-                    declared=True,
-                    loc=("nodes", j),
-                )
+        for entry, stores, urls, loc in entries:
+            first = (
+                entry.port if entry.port is not None else self.cluster.shard_port + 10 * len(groups)
             )
-        for i, s in enumerate(self.stores):
-            if s.node is not None:
-                continue
-            first = s.port if s.port is not None else shard_port + 10 * len(groups)
             groups.append(
                 NodeGroup(
-                    id=s.id,
-                    replicas=s.replicas,
-                    ports=tuple(first + r for r in range(s.replicas)),
-                    embedder=s.embedder,
-                    embedder_options=dict(s.embedder_options),
-                    urls=tuple(s.shard_urls),
-                    stores=(s.id,),
-                    declared=False,
-                    loc=("stores", i),
+                    id=entry.id,
+                    replicas=entry.replicas,
+                    ports=tuple(first + r for r in range(entry.replicas)),
+                    embedder=entry.embedder,
+                    embedder_options=dict(entry.embedder_options),
+                    urls=tuple(urls),
+                    stores=stores,
+                    declared=loc[0] == "nodes",
+                    loc=loc,
                 )
             )
         self._groups = {g.id: g for g in groups}

@@ -128,6 +128,17 @@ class RedisServer(Process):
         return self
 
 
+def enroll_embedding(url: str, store: str, emb: Any, label: str = "") -> int:
+    """Enroll one embedding straight into a shard node's store; its new FaceId."""
+    r = httpx.post(
+        f"{url}/v1/stores/{store}/faces/embedding",
+        json={"embedding": [float(v) for v in emb], "label": label},
+        timeout=30,
+    )
+    assert r.status_code == 201, r.text
+    return int(r.json()["face_id"])
+
+
 def write_stores(path: Path, stores: list[dict[str, Any]], **cluster: Any) -> Path:
     doc: dict[str, Any] = {"stores": stores}
     if cluster:

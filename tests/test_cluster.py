@@ -221,9 +221,15 @@ def test_a_store_added_to_a_node_group_starts_no_process(
             0.5,
             what=f"store-d routable:\n{cluster.launcher.tail()}",
         )
-    for replica in (0, 1):
-        hosted = [s["store_id"] for s in cluster.node_info("node-1", replica)["stores"]]
-        assert hosted == ["store-a", "store-b", "store-d"]
+    for replica in (0, 1):  # every replica picks the edit up within its reload interval
+        wait_until(
+            lambda r=replica: (
+                [s["store_id"] for s in cluster.node_info("node-1", r)["stores"]]
+                == ["store-a", "store-b", "store-d"]
+            ),
+            10,
+            what=f"replica {replica + 1} of node-1 to host store-d",
+        )
     assert cluster.programs() == programs
     assert {p: cluster.pid(p) for p in programs} == pids, "no process restarted"
 

@@ -8,13 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import redis as redis_lib
 
 from storeface.dataset import EmbeddedSet
 from tests.conftest import photo
-from tests.support import GatewayNode, RedisServer, ShardNode, free_port, wait_until
+from tests.support import (
+    GatewayNode,
+    RedisServer,
+    ShardNode,
+    enroll_embedding,
+    free_port,
+    wait_until,
+)
 
 ADMIN = "node-groups-admin"
 
@@ -24,16 +30,6 @@ def _write(path: Path, nodes: list[dict[str, Any]], stores: list[dict[str, Any]]
 
     path.write_text(yaml.safe_dump({"nodes": nodes, "stores": stores}, sort_keys=False))
     return path
-
-
-def _enroll(url: str, store: str, emb: np.ndarray, label: str = "") -> int:
-    r = httpx.post(
-        f"{url}/v1/stores/{store}/faces/embedding",
-        json={"embedding": emb.tolist(), "label": label},
-        timeout=30,
-    )
-    assert r.status_code == 201, r.text
-    return int(r.json()["face_id"])
 
 
 def _hosted(url: str) -> dict[str, dict[str, Any]]:
@@ -65,8 +61,8 @@ def test_one_process_hosts_several_stores_each_with_its_own_index(
     two = ShardNode("n1", stores, redis_url, tmp_path / "two", group_index=group_index).start()
     try:
         embs = dev_set.embeddings
-        fa = _enroll(one.url, "a", embs[0], "in-a")
-        fb = _enroll(one.url, "b", embs[5], "in-b")
+        fa = enroll_embedding(one.url, "a", embs[0], "in-a")
+        fb = enroll_embedding(one.url, "b", embs[5], "in-b")
         assert set(_hosted(one.url)) == {"a", "b"}
         # each store answers from its own index only
         info = _hosted(one.url)
@@ -97,7 +93,7 @@ def test_one_process_hosts_several_stores_each_with_its_own_index(
         )
         assert r.status_code == 404 and r.json()["error"]["code"] == "store_not_hosted"
         # more faces in both stores: the search answers the nearest across them, in order
-        more = [_enroll(one.url, "ab"[i % 2], embs[10 + i]) for i in range(20)]
+        more = [enroll_embedding(one.url, "ab"[i % 2], embs[10 + i]) for i in range(20)]
         r = httpx.post(f"{two.url}/v1/search", json={"embeddings": [embs[10].tolist()], "top_k": 5})
         row = r.json()["results"][0]
         assert row[0]["face_id"] == more[0] and row[0]["store_id"] == "a"
@@ -142,7 +138,7 @@ def test_stores_join_and_leave_a_running_group_without_a_restart(
 
     n1, n2 = node("n1").start(), node("n2").start()
     try:
-        fc = [_enroll(n2.url, "c", e) for e in dev_set.embeddings[:3]]
+        fc = [enroll_embedding(n2.url, "c", e) for e in dev_set.embeddings[:3]]
         pid_n1 = n1.proc.pid if n1.proc else 0
         snapshot = tmp_path / "n2" / "snapshots" / "c"
         wait_until(lambda: (snapshot / "meta.json").exists(), 10, what="c's snapshot on n2")
@@ -165,7 +161,7 @@ def test_stores_join_and_leave_a_running_group_without_a_restart(
         assert httpx.get(f"{n2.url}/v1/info").json()["group_index_vectors"] == 0
         assert n1.alive and n1.proc is not None and n1.proc.pid == pid_n1, "no restart"
         # a write at the new home after the move reaches the index there
-        _enroll(n1.url, "d", dev_set.embeddings[10])
+        enroll_embedding(n1.url, "d", dev_set.embeddings[10])
         assert _hosted(n1.url)["d"]["vectors"] == 1
     finally:
         n1.stop()

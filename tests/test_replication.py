@@ -11,7 +11,7 @@ import pytest
 import redis as redis_lib
 
 from storeface.dataset import EmbeddedSet
-from tests.support import RedisServer, ShardNode, wait_until, write_stores
+from tests.support import RedisServer, ShardNode, enroll_embedding, wait_until, write_stores
 
 STORE = "rep"
 
@@ -26,13 +26,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[RedisServer, Path]]:
 
 
 def _enroll(url: str, emb: np.ndarray, label: str = "") -> int:
-    r = httpx.post(
-        f"{url}/v1/stores/{STORE}/faces/embedding",
-        json={"embedding": emb.tolist(), "label": label},
-        timeout=30,
-    )
-    assert r.status_code == 201, r.text
-    return int(r.json()["face_id"])
+    return enroll_embedding(url, STORE, emb, label)
 
 
 def _top(url: str, queries: np.ndarray, k: int = 3) -> list[list[tuple[int, float]]]:
