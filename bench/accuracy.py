@@ -20,8 +20,10 @@ import numpy as np
 from bench.cluster import local_cluster
 from bench.common import log, machine_info, table, write_results
 from shard_node.faces.registry import embedder_info
-from storeface.dataset import EmbeddedSet, embed_folder, faces_dir
-from storeface.evaluation import distances, nearest, split
+from storeface.distances import distances
+from storeface.paths import faces_dir
+from tools.dataset import EmbeddedSet, embed_folder
+from tools.evaluation import nearest, split
 
 
 def pct(x: float) -> str:

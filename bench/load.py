@@ -74,7 +74,8 @@ import numpy as np
 import yaml
 
 from bench.common import log, machine_info, percentiles, table, write_results
-from storeface.dataset import faces_dir, list_photos
+from storeface.paths import faces_dir
+from tools.dataset import list_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE = "store-a"

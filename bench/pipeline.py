@@ -383,7 +383,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from storeface.dataset import faces_dir, list_photos
+    from storeface.paths import faces_dir
+    from tools.dataset import list_photos
 
     args = parse_args(argv)
     cv2.setNumThreads(1)

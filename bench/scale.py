@@ -31,7 +31,8 @@ import httpx
 from bench.cluster import RunningCluster, local_cluster
 from bench.common import log, machine_info, percentiles, table, write_results
 from bench.load import Photo, load, process_tree
-from storeface.dataset import faces_dir, list_photos, models_dir
+from storeface.paths import faces_dir, models_dir
+from tools.dataset import list_photos
 
 HOME = "store-000"
 

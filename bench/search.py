@@ -9,7 +9,7 @@ average, 1–5 vectors each), every vector = its identity's centre + per-photo n
 * 128-d ("dlib128"): mean and covariance spectrum of real dlib embeddings of the 1,239
   lfw_distractors people; the share of variance that is within-person is calibrated so
   the median same-person / different-person L2 distance ratio equals the one measured on
-  lfw_dev (both via storeface.dataset.embed_folder, cached). Raw, not normalised: that is
+  lfw_dev (both via tools.dataset.embed_folder, cached). Raw, not normalised: that is
   how the product stores dlib vectors (metric l2).
 * 512-d ("arcface512"): the same spectrum shape stretched to 512 dimensions, L2-normalised
   (cosine), calibrated to ArcFace-class numbers (same-person cosine 0.62, different 0.01,
@@ -147,7 +147,8 @@ def _calibrate_alpha(shape: Shape) -> tuple[float, float, float]:
 def dlib_reference() -> dict[str, Any] | None:
     """Real dlib embeddings of lfw_distractors (spectrum) and lfw_dev (same/diff distances)."""
     try:
-        from storeface.dataset import embed_folder, faces_dir
+        from storeface.paths import faces_dir
+        from tools.dataset import embed_folder
 
         log("loading real dlib embeddings (cached in .cache/embeddings after the first time)")
         distractors = embed_folder(faces_dir() / "lfw_distractors")

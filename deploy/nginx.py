@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from storeface.stores import StoresFile
+from deploy.topology import ROOT
+from storeface.images import MAX_IMAGE_BYTES
+from storeface.stores import StoresFile, load_stores
 
 # POSTs nginx may replay on the next replica: read-only or idempotent by design
 # (recognize dedupes registrations and visits; photo enrollment dedupes by content hash).
 FRONT_RETRYABLE = r"^/v1/(recognize|search|verify|stores/[^/]+/faces)$"
 SHARD_RETRYABLE = "v1/(search|stores/[^/]+/(identify|faces|register))"
-TOO_LARGE = '{"error":{"code":"image_too_large","message":"the upload is larger than 10 MB"}}'
+MAX_BODY_MB = MAX_IMAGE_BYTES // (1024 * 1024)
+TOO_LARGE = (
+    '{"error":{"code":"image_too_large",'
+    f'"message":"the upload is larger than {MAX_BODY_MB} MB"}}}}'
+)
 NO_UPSTREAM = '{"error":{"code":"shard_unavailable","message":"no such node group upstream"}}'
 
 
@@ -75,7 +82,7 @@ http {{
     access_log {logs}access.log timed;
     client_body_temp_path {logs}client_body_temp;
     proxy_temp_path {logs}proxy_temp;
-    client_max_body_size 10m;
+    client_max_body_size {MAX_BODY_MB}m;
     client_body_buffer_size 1m;
     proxy_http_version 1.1;
     proxy_set_header Connection "";
@@ -126,10 +133,6 @@ http {{
 
 def main() -> None:
     """`python -m deploy.nginx [stores.yaml]`: write deploy/nginx/generated/nginx.conf."""
-    import sys
-
-    from deploy.topology import ROOT
-    from storeface.stores import load_stores
 
     stores_file = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "config" / "stores.yaml"
     run_dir = (ROOT / ".run" / "nginx").resolve()

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storeface.paths import models_dir
 from storeface.stores import StoresFile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,9 +87,7 @@ def plan(
     common = {
         "STOREFACE_STORES_FILE": str(stores_file.resolve()),
         "STOREFACE_REDIS_URL": redis_url(cfg),
-        "STOREFACE_MODELS_DIR": os.environ.get(
-            "STOREFACE_MODELS_DIR", str((ROOT / "../shared/models").resolve())
-        ),
+        "STOREFACE_MODELS_DIR": str(models_dir().resolve()),
     }
     programs = [
         Program("redis", redis_command(c.redis_port, c.host, run_dir / "redis"), port=c.redis_port)

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
 from storeface.errors import ConfigError
 
 cli = typer.Typer(add_completion=False)
@@ -18,8 +20,6 @@ def serve(
     port: Annotated[int, typer.Option()] = 8100, host: Annotated[str, typer.Option()] = "127.0.0.1"
 ) -> None:
     """Run one gateway replica."""
-    from gateway.app import create_app
-    from gateway.settings import GatewaySettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

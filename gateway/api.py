@@ -23,8 +23,8 @@ from gateway.models import (
 from gateway.recognition import Gateway
 from storeface import wire
 from storeface.errors import FaceNotFound, InvalidRequest
-from storeface.http import model_response
-from storeface.uploads import read_upload
+from web.errors import model_response
+from web.uploads import read_upload
 
 router = APIRouter()
 

@@ -21,8 +21,8 @@ from gateway.routing import StoreMap
 from gateway.settings import GatewaySettings
 from gateway.shards import ShardClient
 from storeface.facedb import FaceDB
-from storeface.http import install_error_handlers
-from storeface.metrics import instrument, stage_observer
+from web.errors import install_error_handlers
+from web.metrics import instrument, stage_observer
 
 
 def _secret(value: object) -> str | None:

@@ -23,8 +23,8 @@ from gateway.models import (
 from gateway.routing import StoreMap
 from gateway.shards import ShardClient
 from storeface import wire
+from storeface.distances import distances
 from storeface.errors import NoFace, StorefaceError
-from storeface.evaluation import distances
 from storeface.facedb import FaceDB, FaceRecord
 from storeface.stores import StoreConfig
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storeface.images import MAX_IMAGE_BYTES
+
 
 class GatewaySettings(BaseSettings):
     """One gateway replica; every replica of a cluster shares the same settings."""
@@ -25,5 +27,5 @@ class GatewaySettings(BaseSettings):
     shard_timeout_s: float = 15.0
     reload_interval_s: float = 1.0
     visit_window_s: int = 300  # repeated sightings of a face at a store within it count once
-    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_bytes: int = MAX_IMAGE_BYTES
     max_faces: int = 10

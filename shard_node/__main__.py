@@ -9,9 +9,17 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from redis.asyncio import Redis
+from rich.progress import Progress
 
+from shard_node.app import create_app, embedder_options
+from shard_node.faces.pool import FacePool
+from shard_node.faces.registry import embedder_info
+from shard_node.gallery import ingest_folder, photos_by_person
 from shard_node.settings import ShardSettings
 from storeface.errors import ConfigError
+from storeface.facedb import FaceDB
+from storeface.stores import load_stores
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True)
 
@@ -25,12 +33,11 @@ def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
 ) -> None:
     """Run one replica of a shard node group: it hosts every store of the group."""
-    from shard_node.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         app = create_app(ShardSettings(node_id=node))
-    except (ConfigError, ValueError) as exc:  # an unknown store or embedder, a bad file
+    except ConfigError as exc:  # an unknown node or embedder, a bad file
         typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
         raise typer.Exit(2) from exc
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
@@ -44,15 +51,6 @@ def ingest(
     workers: Annotated[int, typer.Option(help="0 = one per core")] = 0,
 ) -> None:
     """Ingest a <person>/<photo> folder into a store, straight into Redis."""
-    from redis.asyncio import Redis
-    from rich.progress import Progress
-
-    from shard_node.app import embedder_options
-    from shard_node.faces.pool import FacePool
-    from shard_node.faces.registry import embedder_info
-    from shard_node.gallery import ingest_folder, photos_by_person
-    from storeface.facedb import FaceDB
-    from storeface.stores import load_stores
 
     settings = ShardSettings(node_id="")
     stores = load_stores(settings.stores_file)

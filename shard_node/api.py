@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse, Response
 from shard_node import service
 from shard_node.deps import NodeDep, Store
 from storeface import wire
-from storeface.http import model_response
-from storeface.uploads import read_upload
+from web.errors import model_response
+from web.uploads import read_upload
 
 router = APIRouter()
 

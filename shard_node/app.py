@@ -21,10 +21,10 @@ from shard_node.node import Node, NodeOptions
 from shard_node.settings import ShardSettings
 from storeface.errors import ConfigError
 from storeface.facedb import FaceDB
-from storeface.http import install_error_handlers
 from storeface.images import ImageLimits
-from storeface.metrics import instrument, stage_observer
 from storeface.stores import NodeGroup, WatchedStoresFile
+from web.errors import install_error_handlers
+from web.metrics import instrument, stage_observer
 
 
 def node_group(settings: ShardSettings, stores: WatchedStoresFile) -> NodeGroup:

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storeface.images import MAX_IMAGE_BYTES
+from storeface.paths import models_dir
 
 
 class ShardSettings(BaseSettings):
@@ -20,7 +24,7 @@ class ShardSettings(BaseSettings):
     snapshot_dir: Path | None = Path(".data/snapshots")
     snapshot_interval_s: float = 30.0
     workers: int = 0  # face-pipeline processes; 0 = one per core
-    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_bytes: int = MAX_IMAGE_BYTES
     max_pixels: int = 40_000_000
     max_side: int = 1600
     max_faces: int = 10
@@ -38,4 +42,4 @@ class ShardSettings(BaseSettings):
     group_index: Literal["auto", "on", "off"] = "auto"
     group_index_min_stores: int = 32
     register_lock_s: float = 5.0
-    models_dir: Path = Path("../shared/models")
+    models_dir: Path = Field(default_factory=models_dir)

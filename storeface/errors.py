@@ -176,6 +176,26 @@ class ConfigError(StorefaceError):
     code = "config_error"
 
 
+class UnknownEmbedder(ConfigError):
+    code = "unknown_embedder"
+    default_message = "no embedder of that name"
+
+
+class ModelMissing(ConfigError):
+    code = "model_missing"
+    default_message = "an ONNX model file is missing"
+
+
+class ModelMismatch(ConfigError):
+    code = "model_mismatch"
+    default_message = "the ONNX model does not produce what the configuration says"
+
+
+class ModelFetchFailed(ConfigError):
+    code = "model_fetch_failed"
+    default_message = "a model file could not be fetched or did not match its checksum"
+
+
 class RemoteError(StorefaceError):
     """An error a shard answered with, passed on to the client unchanged."""
 

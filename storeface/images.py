@@ -21,11 +21,14 @@ from storeface.errors import (
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
 
 
+MAX_IMAGE_BYTES = 10 * 1024 * 1024  # uploads above this are refused (nginx caps bodies too)
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     """Bounds on what an upload may cost us before any face work starts."""
 
-    max_bytes: int = 10 * 1024 * 1024
+    max_bytes: int = MAX_IMAGE_BYTES
     max_pixels: int = 40_000_000
     max_side: int = 1600  # frames larger than this are downscaled before detection
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from storeface.dataset import EmbeddedSet, embed_folder, faces_dir
+from storeface.paths import faces_dir
 from tests.support import RedisServer
+from tools.dataset import EmbeddedSet, embed_folder
 
 FACES = faces_dir()
 

@@ -11,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from shard_node.faces.registry import make_pipeline
-from storeface.cli import Vectors, app, embed_largest, plot_matches, search_vectors, stats_rows
 from tests.support import free_port
+from tools.cli import Vectors, app, embed_largest, plot_matches, search_vectors, stats_rows
 
 PEOPLE = 10
 DISTRACTORS = 10

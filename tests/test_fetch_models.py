@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from storeface.cli import app
-from storeface.dataset import models_dir
+from storeface.paths import models_dir
+from tools.cli import app
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import redis as redis_lib
 
-from storeface.dataset import EmbeddedSet
-from storeface.evaluation import distances
+from storeface.distances import distances
 from tests.support import GatewayNode, RedisServer, ShardNode, wait_until, write_stores
+from tools.dataset import EmbeddedSet
 
 ADMIN = "test-admin-key"
 CAM_A = "camera-a-key"
@@ -287,16 +287,27 @@ def test_verify_tells_people_apart(
     assert diff["same"] is False and diff["distance"] > diff["threshold"]
 
 
-def test_stats_count_todays_visits(cluster: Cluster) -> None:
+def test_stats_count_todays_visits(cluster: Cluster, faces: Path) -> None:
+    """Exact counts for visits this test makes itself (it runs alone or after others)."""
     today = dt.datetime.now(dt.UTC).date().isoformat()
+    strangers = sorted(p for p in (faces / "lfw_distractors").iterdir() if p.is_dir())[-3:]
     with cluster.client() as c:
-        body = c.get("/v1/stores/store-a/stats", params={"from": today, "to": today}).json()
-    day = body["days"][0]
-    assert day["day"] == today
-    # the tests above: at least the unknown visitor, the concurrent visitor, the learned
-    # member and the degraded-run stranger, each one visit inside the dedupe window
-    assert day["pv"] >= 4 and day["uv"] >= 4
-    assert day["new"] + day["returning"] == day["uv"]
+
+        def day() -> dict:
+            r = c.get("/v1/stores/store-c/stats", params={"from": today, "to": today})
+            return dict(r.json()["days"][0])
+
+        before = day()
+        assert before["day"] == today
+        for person in strangers:  # three never-seen people: three new visitors
+            first = sorted(person.iterdir())[0].read_bytes()
+            assert recognize(c, "store-c", first).json()["faces"][0]["visit"] == "new"
+        again = sorted(strangers[0].iterdir())[0].read_bytes()  # inside the dedupe window
+        assert recognize(c, "store-c", again).json()["faces"][0]["visit"] == "deduped"
+        after = day()
+    delta = {k: after[k] - before[k] for k in ("pv", "uv", "new", "returning")}
+    assert delta == {"pv": 3, "uv": 3, "new": 3, "returning": 0}
+    assert after["new"] + after["returning"] == after["uv"]
 
 
 def test_metrics_show_stages_fallbacks_and_registrations(cluster: Cluster) -> None:

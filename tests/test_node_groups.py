@@ -11,7 +11,6 @@ import httpx
 import pytest
 import redis as redis_lib
 
-from storeface.dataset import EmbeddedSet
 from tests.conftest import photo
 from tests.support import (
     GatewayNode,
@@ -21,6 +20,7 @@ from tests.support import (
     free_port,
     wait_until,
 )
+from tools.dataset import EmbeddedSet
 
 ADMIN = "node-groups-admin"
 

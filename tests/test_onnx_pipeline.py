@@ -13,13 +13,14 @@ from shard_node.faces.onnx_pipeline import (
     ARCFACE_TEMPLATE,
     RECOGNIZER_MODEL,
     THRESHOLD,
-    ModelMismatch,
-    ModelMissing,
     _similarity,
 )
 from shard_node.faces.registry import embedder_info, make_pipeline
-from storeface.dataset import EmbeddedSet, embed_folder, models_dir
-from storeface.evaluation import Nearest, distances, nearest, split
+from storeface.distances import distances
+from storeface.errors import ModelMismatch, ModelMissing
+from storeface.paths import models_dir
+from tools.dataset import EmbeddedSet, embed_folder
+from tools.evaluation import Nearest, nearest, split
 
 # Measured with arcface_mobilefacenet_128.onnx (docs/models.md): rank-1 100%, TMR 95.5% and
 # FMR 0.97% at 0.56. The floors leave room for one or two photos, not for a broken pipeline.

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import redis as redis_lib
 
-from storeface.dataset import EmbeddedSet
 from tests.support import RedisServer, ShardNode, enroll_embedding, wait_until, write_stores
+from tools.dataset import EmbeddedSet
 
 STORE = "rep"
 

@@ -9,10 +9,10 @@ import httpx
 import numpy as np
 import pytest
 
-from storeface.dataset import EmbeddedSet
-from storeface.evaluation import Nearest, split
 from tests.conftest import photo
 from tests.support import RedisServer, ShardNode, write_stores
+from tools.dataset import EmbeddedSet
+from tools.evaluation import Nearest, split
 
 STORE = "accuracy"
 

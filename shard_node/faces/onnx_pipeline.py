@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 
 from shard_node.faces.base import Detection, EmbedderInfo
-from storeface.errors import ConfigError
+from storeface.errors import ModelMismatch, ModelMissing
+from storeface.paths import models_dir
 
 DETECTOR_MODEL = "face_detection_yunet_2023mar.onnx"
 RECOGNIZER_MODEL = "arcface_mobilefacenet_128.onnx"
@@ -48,16 +49,6 @@ THRESHOLD_NOTE = (
 )
 
 
-class ModelMissing(ConfigError):
-    code = "model_missing"
-    default_message = "an ONNX model file is missing"
-
-
-class ModelMismatch(ConfigError):
-    code = "model_mismatch"
-    default_message = "the ONNX model does not produce what the configuration says"
-
-
 @dataclass(frozen=True)
 class OnnxOptions:
     """Where the models are and how the pipeline uses them (the `embedder_options` of a store)."""
@@ -71,8 +62,6 @@ class OnnxOptions:
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> OnnxOptions:
         """Options as stores.yaml gives them; unset ones take the defaults."""
-        from storeface.dataset import models_dir
-
         return cls(
             models_dir=Path(options.get("models_dir") or models_dir()),
             detector_model=str(options.get("detector_model", DETECTOR_MODEL)),

@@ -6,6 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from shard_node.faces.base import EmbedderInfo, FacePipeline
+from storeface.errors import UnknownEmbedder
+
+# Each embedder's modules are imported when it is first used: a node running arcface never
+# loads dlib (and its models), and the reverse.
 
 
 def _dlib(options: dict[str, Any]) -> FacePipeline:
@@ -57,12 +61,16 @@ def available_embedders() -> list[str]:
 def make_pipeline(name: str, options: dict[str, Any] | None = None) -> FacePipeline:
     """Build the named pipeline; loads model weights, so call it once per process."""
     if name not in _FACTORIES:
-        raise ValueError(f"unknown embedder {name!r}; known: {', '.join(available_embedders())}")
+        raise UnknownEmbedder(
+            f"unknown embedder {name!r}; known: {', '.join(available_embedders())}"
+        )
     return _FACTORIES[name][0](options or {})
 
 
 def embedder_info(name: str, options: dict[str, Any] | None = None) -> EmbedderInfo:
     """Dimension, metric and threshold of the named embedder, without loading its weights."""
     if name not in _FACTORIES:
-        raise ValueError(f"unknown embedder {name!r}; known: {', '.join(available_embedders())}")
+        raise UnknownEmbedder(
+            f"unknown embedder {name!r}; known: {', '.join(available_embedders())}"
+        )
     return _FACTORIES[name][1](options or {})

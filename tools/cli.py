@@ -11,16 +11,28 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
+import httpx
 import numpy as np
 import typer
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image, ImageOps
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
 
-if TYPE_CHECKING:
-    import httpx
-    from matplotlib.figure import Figure
-
-    from shard_node.faces.base import Face, FacePipeline, Metric
+from shard_node.faces.base import Face, FacePipeline, Metric
+from shard_node.faces.pool import FacePool, analyze_bytes
+from shard_node.faces.registry import embedder_info, make_pipeline
+from shard_node.gallery import photos_by_person
+from storeface.distances import distances
+from storeface.errors import ModelFetchFailed, NoFace, StorefaceError
+from storeface.images import ImageLimits
+from storeface.paths import DEFAULT_MODELS_DIR
+from tools.fetch_models import DEFAULTS, fetch, relocate
 
 app = typer.Typer(
     add_completion=False,
@@ -113,8 +125,6 @@ def vectorize_folder(
     progress: Callable[[int], None] | None = None,
 ) -> VectorizeReport:
     """Embed every photo of a `<person>/<photo>` folder in the project's process pool."""
-    from shard_node.faces.registry import embedder_info
-    from shard_node.gallery import photos_by_person
 
     info = embedder_info(embedder)
     photos = [(person, p) for person, ps in photos_by_person(folder).items() for p in ps]
@@ -147,8 +157,6 @@ async def _analyze_all(
 ) -> list[list[Face] | str]:
     """Each photo's faces (the two largest are enough to tell one from several), or an
     error code."""
-    from shard_node.faces.pool import FacePool
-    from storeface.errors import NoFace, StorefaceError
 
     pool = FacePool(embedder, workers=workers, max_faces=2)
     limit = asyncio.Semaphore(pool.workers * 2)
@@ -185,9 +193,6 @@ class Hit:
 
 def embed_largest(pipeline: FacePipeline, path: Path) -> Face:
     """The largest face of a photo, or NoFace; decode errors raise their StorefaceError."""
-    from shard_node.faces.pool import analyze_bytes
-    from storeface.errors import NoFace
-    from storeface.images import ImageLimits
 
     faces = analyze_bytes(pipeline, path.read_bytes(), ImageLimits(), max_faces=1).faces
     if not faces:
@@ -196,14 +201,12 @@ def embed_largest(pipeline: FacePipeline, path: Path) -> Face:
 
 
 def distance(a: np.ndarray, b: np.ndarray, metric: Metric) -> float:
-    from storeface.evaluation import distances
 
     return float(distances(a.reshape(1, -1), b.reshape(1, -1), metric)[0, 0])
 
 
 def search_vectors(vectors: Vectors, query: np.ndarray, k: int) -> tuple[list[Hit], float]:
     """Exact top-k by the file's metric, and the search time in ms."""
-    from storeface.evaluation import distances
 
     t0 = time.perf_counter()
     d = distances(query.reshape(1, -1), vectors.embeddings, vectors.metric)[0]
@@ -219,7 +222,6 @@ def search_vectors(vectors: Vectors, query: np.ndarray, k: int) -> tuple[list[Hi
 
 
 def _load_rgb(path: str) -> np.ndarray | None:
-    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as img:
@@ -232,9 +234,6 @@ def plot_matches(
     query: np.ndarray, box: tuple[int, int, int, int], hits: list[Hit], search_ms: float
 ) -> Figure:
     """The query (its face boxed) beside its matches, each titled rank, person, distance."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
 
     fig = Figure(figsize=(2.6 * (len(hits) + 1), 3.2), dpi=100)
     FigureCanvasAgg(fig)
@@ -261,7 +260,6 @@ def plot_matches(
 @contextlib.contextmanager
 def _face_errors() -> Iterator[None]:
     """A photo the pipeline cannot use ends the command with its error code, not a trace."""
-    from storeface.errors import StorefaceError
 
     try:
         yield
@@ -273,10 +271,6 @@ def _face_errors() -> Iterator[None]:
 def _search_local(
     image: Path, top_k: int, vectors_file: Path, plot: Path | None, as_json: bool
 ) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from shard_node.faces.registry import make_pipeline
 
     vectors = Vectors.load(vectors_file)
     with _face_errors():
@@ -311,9 +305,6 @@ def vectorize(
     ] = False,
 ) -> None:
     """Embed every photo of a folder in parallel into a vectors file (largest face of each)."""
-    from rich.progress import Progress
-
-    from shard_node.gallery import photos_by_person
 
     total = sum(len(ps) for ps in photos_by_person(folder).values())
     with Progress() as progress:
@@ -369,7 +360,6 @@ def verify(
     embedder: EmbedderOpt = "dlib",
 ) -> None:
     """Whether the largest faces of two photos are the same person, by the embedder's threshold."""
-    from shard_node.faces.registry import make_pipeline
 
     with _face_errors():
         pipeline = make_pipeline(embedder)
@@ -392,7 +382,6 @@ class GatewayError(Exception):
 
 @contextlib.contextmanager
 def _gateway(url: str, api_key: str | None) -> Iterator[httpx.Client]:
-    import httpx
 
     headers = {"X-API-Key": api_key} if api_key else {}
     try:
@@ -405,7 +394,6 @@ def _gateway(url: str, api_key: str | None) -> Iterator[httpx.Client]:
 
 def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     """One request; a transport failure or an error status raises GatewayError."""
-    import httpx
 
     try:
         resp = client.request(method, path, **kwargs)
@@ -437,8 +425,6 @@ def _upload(path: Path) -> tuple[str, bytes, str]:
 
 
 def _print_remote_matches(body: Any, as_json: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     if as_json:
         typer.echo(json.dumps(body))
@@ -478,7 +464,6 @@ def enroll_person(
     client: httpx.Client, store: str, person: str, photos: list[Path], report: EnrollReport
 ) -> None:
     """Enroll one person's photos: the first accepted photo creates the FaceId."""
-    import httpx
 
     face_id: int | None = None
     for photo in photos:
@@ -509,9 +494,6 @@ def enroll(
     api_key: AdminKeyOpt = None,
 ) -> None:
     """Enroll a <person>/<photo> folder into a cluster store, one FaceId per person."""
-    from rich.progress import Progress
-
-    from shard_node.gallery import photos_by_person
 
     people = photos_by_person(folder)
     report = EnrollReport()
@@ -551,8 +533,6 @@ def stats(
     api_key: AdminKeyOpt = None,
 ) -> None:
     """A store's visits by day: PV, UV, new and returning."""
-    from rich.console import Console
-    from rich.table import Table
 
     params = {k: v for k, v in (("from", _day(from_)), ("to", _day(to))) if v is not None}
     with _gateway(url, api_key) as client:
@@ -582,28 +562,23 @@ def erase(
     typer.echo(f"erased face {face_id}: {json.dumps(body)}")
 
 
-if __name__ == "__main__":
-    app()
-
-
 @app.command("fetch-models")
 def fetch_models(
-    dest: Annotated[Path, typer.Option(help="where the files go")] = Path("../shared/models"),
+    dest: Annotated[
+        Path, typer.Option(help="where the files go (default: $STOREFACE_MODELS_DIR)")
+    ] = DEFAULT_MODELS_DIR,
     base_url: Annotated[
         str | None, typer.Option(help="a mirror holding the same file names")
     ] = None,
 ) -> None:
     """Download the default detector (YuNet) and an ArcFace-format recognizer (needs internet)."""
-    import httpx
-
-    from storeface.models_fetch import DEFAULTS, fetch, relocate
 
     with httpx.Client(timeout=300) as client:
         for model in DEFAULTS:
             model = relocate(model, base_url)
             try:
                 digest = fetch(model, dest, client)
-            except (httpx.HTTPError, ValueError, OSError) as exc:
+            except (httpx.HTTPError, ModelFetchFailed, OSError) as exc:
                 typer.echo(f"failed: {model.name}: {exc}", err=True)
                 raise typer.Exit(1) from exc
             check = "verified" if model.sha256 else "not published; pin it"
@@ -612,3 +587,7 @@ def fetch_models(
         "For w600k_mbf.onnx (512-d) set embedder_options: {recognizer_model: "
         "w600k_mbf.onnx, dim: 512} and measure its threshold with bench.accuracy."
     )
+
+
+if __name__ == "__main__":
+    app()

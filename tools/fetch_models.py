@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from storeface.errors import ModelFetchFailed
+
 OPENCV_ZOO = "https://github.com/opencv/opencv_zoo/raw/main/models"
 INSIGHTFACE = "https://github.com/deepinsight/insightface/releases/download/v0.7"
 
@@ -61,11 +63,11 @@ def fetch(model: ModelFile, dest: Path, client: httpx.Client) -> str:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             member = next((n for n in z.namelist() if n.rsplit("/", 1)[-1] == model.member), None)
             if member is None:
-                raise ValueError(f"{model.url} holds no {model.member}")
+                raise ModelFetchFailed(f"{model.url} holds no {model.member}")
             data = z.read(member)
     digest = hashlib.sha256(data).hexdigest()
     if model.sha256 and digest != model.sha256:
-        raise ValueError(f"{model.name}: sha256 {digest} is not the published {model.sha256}")
+        raise ModelFetchFailed(f"{model.name}: sha256 {digest} is not the published {model.sha256}")
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=dest, delete=False, suffix=".part") as tmp:
         tmp.write(data)

@@ -1,4 +1,4 @@
-"""Maps the exception hierarchy to JSON HTTP responses, in one place for both services."""
+"""The exception hierarchy mapped to JSON HTTP responses, in one place for both services."""
 
 from __future__ import annotations
 

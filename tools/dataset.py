@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,18 +13,11 @@ from typing import Any
 
 import numpy as np
 
-FACES_DIR_ENV = "STOREFACE_FACES_DIR"
-MODELS_DIR_ENV = "STOREFACE_MODELS_DIR"
+from shard_node.faces.pool import analyze_in_worker, init_worker
+from shard_node.faces.registry import embedder_info
+from storeface.images import ImageLimits
+
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def faces_dir() -> Path:
-    """Where the labelled photos are: $STOREFACE_FACES_DIR or ../shared/faces."""
-    return Path(os.environ.get(FACES_DIR_ENV, Path(__file__).parents[1] / "../shared/faces"))
-
-
-def models_dir() -> Path:
-    return Path(os.environ.get(MODELS_DIR_ENV, Path(__file__).parents[1] / "../shared/models"))
 
 
 def list_photos(folder: Path) -> list[tuple[str, Path]]:
@@ -57,11 +52,6 @@ class EmbeddedSet:
 
 
 def _embed_one(path: str) -> tuple[np.ndarray | None, float]:
-    import time
-
-    from shard_node.faces.pool import analyze_in_worker
-    from storeface.images import ImageLimits
-
     t0 = time.perf_counter()
     analysis = analyze_in_worker(Path(path).read_bytes(), ImageLimits(), max_faces=1)
     ms = (time.perf_counter() - t0) * 1000
@@ -76,9 +66,6 @@ def embed_folder(
     cache_dir: Path | None = None,
 ) -> EmbeddedSet:
     """Embed every photo of a folder through the real pipeline, cached by content."""
-    from shard_node.faces.pool import init_worker
-    from shard_node.faces.registry import embedder_info
-
     options = dict(options or {})
     info = embedder_info(embedder, options)
     photos = list_photos(folder)
@@ -91,7 +78,6 @@ def embed_folder(
     if cache.exists():
         z = np.load(cache, allow_pickle=False)
         return EmbeddedSet(list(z["people"]), list(z["paths"]), z["embeddings"], z["ok"], z["ms"])
-    import multiprocessing
 
     with ProcessPoolExecutor(
         workers or os.cpu_count(),

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storeface.dataset import EmbeddedSet
+from storeface.distances import distances
+from tools.dataset import EmbeddedSet
 
 
 @dataclass
@@ -38,16 +39,6 @@ def split(people: EmbeddedSet, distractors: EmbeddedSet | None = None) -> Split:
     return Split(
         np.vstack(gallery), gallery_labels, people.embeddings[p], [labels[i] for i in p], strangers
     )
-
-
-def distances(queries: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarray:
-    """All query-to-gallery distances: L2, or 1 - cosine."""
-    if metric == "cosine":
-        q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-        g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
-        return np.asarray(1.0 - q @ g.T)
-    sq = (queries**2).sum(1)[:, None] + (gallery**2).sum(1)[None, :] - 2 * queries @ gallery.T
-    return np.asarray(np.sqrt(np.maximum(sq, 0.0)))
 
 
 @dataclass

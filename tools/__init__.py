@@ -1,0 +1,1 @@
+"""Tools above the services: the storeface CLI, labelled datasets, evaluation, model fetching."""

@@ -1,0 +1,1 @@
+"""Web glue both services share: errors as JSON, capped uploads, Prometheus metrics."""
