@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from bench.cluster import local_cluster
 from bench.common import log, machine_info, table, write_results
 from shard_node.faces.registry import embedder_info
 from storeface.distances import distances
 from storeface.paths import faces_dir
 from tools.dataset import EmbeddedSet, embed_folder
 from tools.evaluation import nearest, split
+from tools.servers import running_cluster
 
 
 def pct(x: float) -> str:
@@ -74,7 +74,7 @@ def door_camera(
     returning = returning_ok = 0
     latencies = []
     with (
-        local_cluster({"door": {"replicas": 1, "embedder": embedder}}) as cluster,
+        running_cluster([], [{"id": "door", "replicas": 1, "embedder": embedder}]) as cluster,
         cluster.client() as c,
     ):
         for person, path in events:

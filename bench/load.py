@@ -71,11 +71,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-import yaml
 
 from bench.common import log, machine_info, percentiles, table, write_results
 from storeface.paths import faces_dir
 from tools.dataset import list_photos
+from tools.servers import LocalCluster, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE = "store-a"
@@ -581,21 +581,6 @@ def stage_shares(level: Level, seed: bool = False) -> dict[str, float]:
 # --- the systems under test ------------------------------------------------------------------
 
 
-def free_port(exclude: set[int]) -> int:
-    """A free port whose next one is free too (a store's replicas sit on port, port+1)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port + 1 > 65000 or {port, port + 1} & exclude:
-            continue
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port + 1)) == 0:
-                continue
-        exclude.update({port, port + 1})
-        return port
-
-
 def wait_for(check: Any, timeout: float, what: str, alive: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -648,74 +633,32 @@ def stop_tree(proc: subprocess.Popen[bytes], sig: int, meter: CpuMeter, ports: l
 @contextlib.contextmanager
 def cluster(embedder: str, work: Path) -> Iterator[tuple[str, str, CpuMeter, dict[str, Any]]]:
     """`make run`'s launcher on free ports; yields (front URL, admin key, meter, info)."""
-    used: set[int] = set()
-    ports = {k: free_port(used) for k in ("front", "proxy", "gateway", "redis", "store")}
-    stores = {
-        "cluster": {
-            "host": "127.0.0.1",
-            "front_port": ports["front"],
-            "shard_proxy_port": ports["proxy"],
-            "gateway_port": ports["gateway"],
-            "gateway_replicas": 1,
-            "redis_port": ports["redis"],
-        },
-        "stores": [
-            {"id": STORE, "port": ports["store"], "replicas": REPLICAS, "embedder": embedder}
-        ],
-    }
-    stores_file = work / "stores.yaml"
-    stores_file.write_text(yaml.safe_dump(stores, sort_keys=False))
-    run_dir = work / "run"
-    launcher_log = work / "launcher.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "deploy.run",
-        "--stores",
-        str(stores_file),
-        "--run-dir",
-        str(run_dir),
-        "--nginx-conf",
-        str(work / "nginx.conf"),
-    ]
+    store = {"id": STORE, "replicas": REPLICAS, "embedder": embedder}
+    local = LocalCluster(work, [], [store])
     t0 = time.perf_counter()
-    with open(launcher_log, "ab") as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
-        )
-    meter = CpuMeter([proc.pid])
-    all_ports = [*ports.values(), ports["store"] + 1]
+    local.start()
+    assert local.proc is not None
+    meter = CpuMeter([local.pid])
+    all_ports = [*local.ports.values(), local.ports[STORE] + 1]
+    tree = process_tree([local.pid])
+    info = {
+        "topology": f"1 store ({STORE}) × {REPLICAS} shard replicas, 1 gateway, nginx, Redis",
+        "start_s": time.perf_counter() - t0,
+        "ports": local.ports,
+        "processes": sorted({role(p, tree) for p in tree.values()}),
+    }
+    log(f"cluster up in {info['start_s']:.0f}s ({info['topology']})")
     try:
-        wait_for(
-            lambda: "Storeface is up" in launcher_log.read_text(errors="replace"),
-            300,
-            "the cluster to come up",
-            alive=lambda: proc.poll() is None,
-        )
-        key = str(yaml.safe_load((run_dir / "keys.yaml").read_text())["admin_key"])
-        tree = process_tree([proc.pid])
-        info = {
-            "topology": f"1 store ({STORE}) × {REPLICAS} shard replicas, 1 gateway, nginx, Redis",
-            "start_s": time.perf_counter() - t0,
-            "ports": ports,
-            "processes": sorted({role(p, tree) for p in tree.values()}),
-        }
-        log(f"cluster up in {info['start_s']:.0f}s ({info['topology']})")
-    except BaseException:
-        tail = launcher_log.read_text(errors="replace").splitlines()[-30:]
-        log("launcher log tail:\n" + "\n".join(tail))
-        stop_tree(proc, signal.SIGINT, meter, all_ports)
-        raise
-    try:
-        yield f"http://127.0.0.1:{ports['front']}", key, meter, info
+        yield local.front, local.admin_key(), meter, info
     finally:
-        left = stop_tree(proc, signal.SIGINT, meter, all_ports)  # what Ctrl-C does
-        log(f"cluster stopped (launcher exit {proc.returncode}; {left} left over, ended by pid)")
+        left = stop_tree(local.proc, signal.SIGINT, meter, all_ports)  # what Ctrl-C does
+        code = local.proc.returncode
+        log(f"cluster stopped (launcher exit {code}; {left} left over, ended by pid)")
 
 
 @contextlib.contextmanager
 def seed_server(work: Path) -> Iterator[tuple[str, CpuMeter]]:
-    port = free_port(set())
+    port = free_port()
     with open(work / "seed.log", "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.seed_server", "--port", str(port)],

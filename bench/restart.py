@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,10 +18,9 @@ import numpy as np
 import yaml
 from redis.asyncio import Redis
 
-from bench.cluster import ROOT, free_port
 from bench.common import log, machine_info, summarize_ms, table, write_results
-from deploy.topology import redis_command
 from storeface.facedb import FaceDB
+from tools.servers import RedisServer, ShardNode, free_port
 
 STORE = "big"
 
@@ -59,27 +54,16 @@ async def populate(redis_url: str, vectors: np.ndarray) -> float:
 
 
 def start_node(
-    env: dict[str, str], port: int, log_path: Path
-) -> tuple[subprocess.Popen[bytes], float, dict[str, Any]]:
+    work: Path, stores_file: Path, redis_url: str, port: int
+) -> tuple[ShardNode, float, dict[str, Any]]:
+    """Start the store's node and time it to its first ready /readyz."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shard_node", "serve", "--node", STORE, "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=log_path.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    while True:
-        try:
-            r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
-            if r.status_code == 200:
-                return proc, time.perf_counter() - t0, r.json()["details"]
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"shard exited; see {log_path}")
-        time.sleep(0.05)
+    node = ShardNode(
+        STORE, stores_file, redis_url, work, port=port, snapshot_interval_s="3600"
+    ).start()
+    seconds = time.perf_counter() - t0
+    details = httpx.get(f"{node.url}/readyz", timeout=5).json()["details"]["stores"][STORE]
+    return node, seconds, details
 
 
 def settled_index(c: httpx.Client, timeout: float = 300) -> dict[str, Any]:
@@ -93,11 +77,6 @@ def settled_index(c: httpx.Client, timeout: float = 300) -> dict[str, Any]:
     return info
 
 
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    os.killpg(proc.pid, sig)
-    proc.wait(120)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,41 +85,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--queries", type=int, default=300)
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="storeface-restart-"))
-    rport, sport = free_port(), free_port()
-    redis = subprocess.Popen(
-        redis_command(rport, "127.0.0.1", work),
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    redis = RedisServer(work / "redis").start()
+    sport = free_port()
     rows, out = [], {"machine": machine_info(), "faces": args.faces}
     try:
-        time.sleep(0.5)
-        url = f"redis://127.0.0.1:{rport}/0"
+        url = redis.url
         vectors = face_like(args.faces, 128)
         log(f"writing {args.faces} faces to Redis")
         out["populate_s"] = asyncio.run(populate(url, vectors))
-        (work / "stores.yaml").write_text(yaml.safe_dump({"stores": [{"id": STORE}]}))
-        env = {
-            "STOREFACE_STORES_FILE": str(work / "stores.yaml"),
-            "STOREFACE_REDIS_URL": url,
-            "STOREFACE_SNAPSHOT_DIR": str(work / "snap"),
-            "STOREFACE_WORKERS": "1",
-            "STOREFACE_SNAPSHOT_INTERVAL_S": "3600",
-        }
-        logf = work / "shard.log"
+        stores_file = work / "stores.yaml"
+        stores_file.write_text(yaml.safe_dump({"stores": [{"id": STORE}]}))
         for case in (
             "cold: from Redis",
             "restart: from snapshot",
             "after SIGKILL: snapshot + feed",
         ):
-            proc, seconds, details = start_node(env, sport, logf)
+            node, seconds, details = start_node(work, stores_file, url, sport)
             rows.append(
                 [case, details["loaded_from"], details["vectors"], seconds, details["load_seconds"]]
             )
             if case.startswith("cold"):
                 q = vectors[np.random.default_rng(1).choice(args.faces, args.queries)]
                 lat = []
-                with httpx.Client(base_url=f"http://127.0.0.1:{sport}") as c:
+                with httpx.Client(base_url=node.url) as c:
                     out["index"] = settled_index(c)
                     for v in q:
                         t0 = time.perf_counter()
@@ -149,20 +116,19 @@ def main(argv: list[str] | None = None) -> None:
                         ).raise_for_status()
                         lat.append((time.perf_counter() - t0) * 1000)
                 out["http_search_ms"] = summarize_ms(lat)
-                stop(proc)  # graceful: writes the snapshot
+                node.stop(timeout=120)  # graceful: writes the snapshot
             elif case.startswith("restart"):
                 # writes the snapshot does not cover, then a crash
                 asyncio.run(populate(url, face_like(1000, 128, seed=5)))
-                stop(proc, signal.SIGKILL)
+                node.kill()
             else:
-                stop(proc)
+                node.stop(timeout=120)
         out["restarts"] = [
             dict(zip(["case", "loaded_from", "vectors", "ready_s", "load_s"], r, strict=True))
             for r in rows
         ]
     finally:
-        os.killpg(redis.pid, signal.SIGTERM)
-        redis.wait(30)
+        redis.stop(timeout=30)
     print(table(["case", "loaded from", "vectors", "ready (s)", "index load (s)"], rows))
     s = out["http_search_ms"]
     print(

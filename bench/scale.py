@@ -28,11 +28,11 @@ from typing import Any
 
 import httpx
 
-from bench.cluster import RunningCluster, local_cluster
 from bench.common import log, machine_info, percentiles, table, write_results
 from bench.load import Photo, load, process_tree
 from storeface.paths import faces_dir, models_dir
 from tools.dataset import list_photos
+from tools.servers import LocalCluster, running_cluster
 
 HOME = "store-000"
 
@@ -64,20 +64,20 @@ def pss_mb(root: int) -> float:
 
 def topology(
     shape: str, size: int, groups: int, embedder: str
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]] | None]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(nodes, stores) of a chain of `size` stores in the given shape."""
     stores = [f"store-{i:03d}" for i in range(size)]
     if shape == "per-store":
-        return {s: {"replicas": 1, "embedder": embedder} for s in stores}, None
-    nodes = {f"node-{g + 1}": {"replicas": 1, "embedder": embedder} for g in range(groups)}
-    names = list(nodes)
-    return {s: {"node": names[i % groups]} for i, s in enumerate(stores)}, nodes
+        return [], [{"id": s, "replicas": 1, "embedder": embedder} for s in stores]
+    nodes = [{"id": f"node-{g + 1}", "replicas": 1, "embedder": embedder} for g in range(groups)]
+    return nodes, [{"id": s, "node": nodes[i % groups]["id"]} for i, s in enumerate(stores)]
 
 
 def run_one(
-    cluster: RunningCluster, photos: list[Photo], warmup: list[Photo], args: argparse.Namespace
+    cluster: LocalCluster, photos: list[Photo], warmup: list[Photo], args: argparse.Namespace
 ) -> dict[str, Any]:
     url = f"{cluster.front}/v1/recognize"
-    headers = {"X-API-Key": cluster.admin_key}
+    headers = {"X-API-Key": cluster.admin_key()}
     form = {"store_id": HOME}
     load(url, warmup, args.concurrency, len(warmup), 120, form, headers)
     level = load(url, photos, args.concurrency, len(photos), args.max_seconds, form, headers)
@@ -121,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     warmup, photos = people[: args.warmup], people[args.warmup :]
     results: list[dict[str, Any]] = []
     for shape, size in runs:
-        stores, nodes = topology(shape, size, args.groups, embedder)
+        nodes, stores = topology(shape, size, args.groups, embedder)
         log(f"{shape}: {size} stores ({embedder}) ...")
         t0 = time.monotonic()
-        with local_cluster(stores, nodes=nodes, timeout=900) as cluster:
+        with running_cluster(nodes, stores, timeout=900) as cluster:
             started = time.monotonic() - t0
             res = run_one(cluster, photos, warmup, args)
         res.update(shape=shape, stores=size, start_s=started)

@@ -2,122 +2,44 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tests.conftest import photo
-from tests.support import Process, free_port, wait_until
+from tests.support import LocalCluster, wait_until
+
+NODES = [{"id": "node-1", "replicas": 2}, {"id": "node-2", "replicas": 1}]
+PLACEMENT: dict[str, str | None] = {}  # store → node group, as stores.yaml now says
 
 
-def _stores(ports: dict[str, int], placement: dict[str, str | None]) -> dict:
-    """node-1 (2 replicas) and node-2 (1 replica); a store placed on None is its own group."""
-    stores: list[dict] = []
-    for sid, node in placement.items():
-        stores.append(
-            {"id": sid, "node": node} if node else {"id": sid, "port": ports[sid], "replicas": 1}
-        )
-    return {
-        "cluster": {
-            "front_port": ports["front"],
-            "shard_proxy_port": ports["proxy"],
-            "gateway_port": ports["gateway"],
-            "gateway_replicas": 1,
-            "redis_port": ports["redis"],
-        },
-        "nodes": [
-            {"id": "node-1", "port": ports["node-1"], "replicas": 2},
-            {"id": "node-2", "port": ports["node-2"], "replicas": 1},
-        ],
-        "stores": stores,
-    }
-
-
-class LocalCluster:
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        # Ports one apart would collide with the replicas laid out after them: space them.
-        names = ["front", "proxy", "gateway", "redis", "node-1", "node-2", "store-e"]
-        self.ports = dict(zip(names, [free_port() for _ in names], strict=True))
-        self.stores_file = work / "stores.yaml"
-        self.write({"store-a": "node-1", "store-b": "node-1", "store-c": "node-2"})
-        self.run_dir = work / "run"
-        self.launcher = Process(
-            [
-                sys.executable,
-                "-m",
-                "deploy.run",
-                "--stores",
-                str(self.stores_file),
-                "--run-dir",
-                str(self.run_dir),
-                "--nginx-conf",
-                str(work / "nginx.conf"),
-            ],
-            work / "launcher.log",
-            # a store moved away is let go after 3 s here (30 s by default)
-            env={"STOREFACE_RELEASE_GRACE_S": "3"},
-        )
-
-    def write(self, placement: dict[str, str | None]) -> None:
-        self.placement = dict(placement)
-        self.stores_file.write_text(yaml.safe_dump(_stores(self.ports, placement)))
-
-    @property
-    def front(self) -> str:
-        return f"http://127.0.0.1:{self.ports['front']}"
-
-    def key(self) -> str:
-        return str(yaml.safe_load((self.run_dir / "keys.yaml").read_text())["admin_key"])
-
-    def programs(self) -> set[str]:
-        out = self.ctl("status").stdout
-        return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-    def node_info(self, node: str, replica: int = 0) -> dict:
-        port = self.ports[node] + replica
-        return httpx.get(f"http://127.0.0.1:{port}/v1/info", timeout=10).json()
-
-    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "supervisor.supervisorctl",
-                "-c",
-                str(self.run_dir / "supervisord.conf"),
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-
-    def pid(self, program: str) -> int:
-        return int(self.ctl("pid", program).stdout.strip())
+def place(cluster: LocalCluster, placement: dict[str, str | None]) -> None:
+    """Rewrite stores.yaml: each store on its node group, or (None) a group of its own."""
+    PLACEMENT.clear()
+    PLACEMENT.update(placement)
+    stores = [
+        {"id": sid, "node": node} if node else {"id": sid, "replicas": 1}
+        for sid, node in placement.items()
+    ]
+    cluster.write(NODES, stores)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    c.launcher.start()
+    # a store moved away is let go after 3 s here (30 s by default)
+    c = LocalCluster(
+        tmp_path_factory.mktemp("cluster"), NODES, [], env={"STOREFACE_RELEASE_GRACE_S": "3"}
+    )
+    place(c, {"store-a": "node-1", "store-b": "node-1", "store-c": "node-2"})
+    c.start(timeout=240)
     try:
-        wait_until(
-            lambda: "Storeface is up" in c.launcher.log_path.read_text(),
-            240,
-            0.5,
-            what=f"cluster up:\n{c.launcher.tail()}",
-        )
         yield c
     finally:
-        c.launcher.stop(signal.SIGINT, timeout=60)  # what Ctrl-C does
+        c.stop()  # what Ctrl-C does
         for name, port in c.ports.items():
             with httpx.Client() as probe:
                 try:
@@ -130,7 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def test_end_to_end_through_nginx(cluster: LocalCluster, faces: Path) -> None:
     person = "Rebekah_Chantay_Revels"
     with httpx.Client(
-        base_url=cluster.front, headers={"X-API-Key": cluster.key()}, timeout=60
+        base_url=cluster.front, headers={"X-API-Key": cluster.admin_key()}, timeout=60
     ) as c:
         r = c.post(
             "/v1/stores/store-a/faces",
@@ -175,7 +97,7 @@ def test_killing_a_replica_fails_no_request(cluster: LocalCluster, faces: Path) 
 
     def flow() -> None:
         with httpx.Client(
-            base_url=cluster.front, headers={"X-API-Key": cluster.key()}, timeout=60
+            base_url=cluster.front, headers={"X-API-Key": cluster.admin_key()}, timeout=60
         ) as c:
             while not stop.is_set() and len(statuses) < 200:
                 r = c.post(
@@ -187,7 +109,7 @@ def test_killing_a_replica_fails_no_request(cluster: LocalCluster, faces: Path) 
     for t in threads:
         t.start()
     wait_until(lambda: len(statuses) >= 4, 60, what="requests flowing")
-    victim = cluster.pid("shard-node-1-1")
+    victim = cluster.program_pid("shard-node-1-1")
     subprocess.run(["kill", "-9", str(victim)], check=True)
     seen = len(statuses)
     wait_until(lambda: len(statuses) >= seen + 12, 120, what="requests after the kill")
@@ -197,7 +119,9 @@ def test_killing_a_replica_fails_no_request(cluster: LocalCluster, faces: Path) 
     assert statuses and set(statuses) == {200}, statuses
     # supervisord brings the replica back
     wait_until(
-        lambda: cluster.pid("shard-node-1-1") not in (0, victim), 60, what="replica restarted"
+        lambda: cluster.program_pid("shard-node-1-1") not in (0, victim),
+        60,
+        what="replica restarted",
     )
 
 
@@ -209,17 +133,17 @@ def test_a_store_added_to_a_node_group_starts_no_process(
     cluster: LocalCluster, faces: Path
 ) -> None:
     """Adding a store to a group is an edit: no process starts, every replica hosts it."""
-    programs, pids = cluster.programs(), {p: cluster.pid(p) for p in cluster.programs()}
-    cluster.write({**cluster.placement, "store-d": "node-1"})  # the launcher watches the file
+    programs, pids = cluster.programs(), {p: cluster.program_pid(p) for p in cluster.programs()}
+    place(cluster, {**PLACEMENT, "store-d": "node-1"})  # the launcher watches the file
     with httpx.Client(
-        base_url=cluster.front, headers={"X-API-Key": cluster.key()}, timeout=60
+        base_url=cluster.front, headers={"X-API-Key": cluster.admin_key()}, timeout=60
     ) as c:
         img = photo(faces, "Mark_Gottfried", 1)
         wait_until(
             lambda: _recognize(c, img, "store-d").status_code == 200,
             120,
             0.5,
-            what=f"store-d routable:\n{cluster.launcher.tail()}",
+            what=f"store-d routable:\n{cluster.tail()}",
         )
     for replica in (0, 1):  # every replica picks the edit up within its reload interval
         wait_until(
@@ -231,7 +155,7 @@ def test_a_store_added_to_a_node_group_starts_no_process(
             what=f"replica {replica + 1} of node-1 to host store-d",
         )
     assert cluster.programs() == programs
-    assert {p: cluster.pid(p) for p in programs} == pids, "no process restarted"
+    assert {p: cluster.program_pid(p) for p in programs} == pids, "no process restarted"
 
 
 def test_moving_a_store_to_another_group_drops_no_request(
@@ -243,7 +167,7 @@ def test_moving_a_store_to_another_group_drops_no_request(
     answers: list[tuple[int, int | None]] = []
     stop = threading.Event()
     with httpx.Client(
-        base_url=cluster.front, headers={"X-API-Key": cluster.key()}, timeout=60
+        base_url=cluster.front, headers={"X-API-Key": cluster.admin_key()}, timeout=60
     ) as c:
         first = _recognize(c, img, "store-b")
         assert first.status_code == 200, first.text
@@ -251,7 +175,7 @@ def test_moving_a_store_to_another_group_drops_no_request(
 
         def flow() -> None:
             with httpx.Client(
-                base_url=cluster.front, headers={"X-API-Key": cluster.key()}, timeout=60
+                base_url=cluster.front, headers={"X-API-Key": cluster.admin_key()}, timeout=60
             ) as c2:
                 while not stop.is_set() and len(answers) < 300:
                     r = _recognize(c2, img, "store-b")
@@ -262,7 +186,7 @@ def test_moving_a_store_to_another_group_drops_no_request(
         thread.start()
         try:
             wait_until(lambda: len(answers) >= 3, 60, what="requests flowing")
-            cluster.write({**cluster.placement, "store-b": "node-2"})
+            place(cluster, {**PLACEMENT, "store-b": "node-2"})
             wait_until(
                 lambda: (
                     "store-b" in [s["store_id"] for s in cluster.node_info("node-2")["stores"]]
@@ -286,17 +210,17 @@ def test_moving_a_store_to_another_group_drops_no_request(
 def test_a_new_group_of_its_own_starts_its_replica(cluster: LocalCluster, faces: Path) -> None:
     """A store without `node:` is a group of its own, as before node groups: new replicas
     start, nginx reloads, the other groups' processes are untouched."""
-    before = cluster.pid("shard-node-1-2")
-    cluster.write({**cluster.placement, "store-e": None})
+    before = cluster.program_pid("shard-node-1-2")
+    place(cluster, {**PLACEMENT, "store-e": None})
     with httpx.Client(
-        base_url=cluster.front, headers={"X-API-Key": cluster.key()}, timeout=60
+        base_url=cluster.front, headers={"X-API-Key": cluster.admin_key()}, timeout=60
     ) as c:
         img = photo(faces, "Mark_Gottfried", 1)
         wait_until(
             lambda: _recognize(c, img, "store-e").status_code == 200,
             180,
             1.0,
-            what=f"store-e routable:\n{cluster.launcher.tail()}",
+            what=f"store-e routable:\n{cluster.tail()}",
         )
     assert "shard-store-e-1" in cluster.programs()
-    assert cluster.pid("shard-node-1-2") == before, "other groups are untouched"
+    assert cluster.program_pid("shard-node-1-2") == before, "other groups are untouched"
