@@ -8,7 +8,7 @@ from pathlib import Path
 
 from deploy.topology import ROOT
 from storeface.images import MAX_IMAGE_BYTES
-from storeface.stores import StoresFile, load_stores
+from storeface.stores import StoresFile, load_stores, upstream_name
 
 # POSTs nginx may replay on the next replica: read-only or idempotent by design
 # (recognize dedupes registrations and visits; photo enrollment dedupes by content hash).
@@ -52,12 +52,11 @@ def render(
             f"        server {a} max_fails=1 fail_timeout=5s;" for a in replicas(g.id)
         )
         upstreams.append(
-            f"    upstream node_{g.id.replace('-', '_')} {{\n{servers}\n"
-            f"        keepalive 16;\n    }}"
+            f"    upstream {upstream_name(g.id)} {{\n{servers}\n        keepalive 16;\n    }}"
         )
     locations = []
     for g in groups:
-        up = f"node_{g.id.replace('-', '_')}"
+        up = upstream_name(g.id)
         locations.append(f"""        location ~ ^/{g.id}/({SHARD_RETRYABLE})$ {{
             rewrite ^/{g.id}/(.*)$ /$1 break;
             proxy_pass http://{up};

@@ -143,7 +143,7 @@ async def recognize(
             cand = None  # erased since the index last heard: treat as unknown
         is_new = False
         if cand is not None and cand.store_id != home.id and home.learn_cross_store:
-            await _learn(gw, home, face, cand.face_id)
+            await _learn(gw, home, home_urls, face, cand.face_id)
         if cand is None:
             if not home.auto_register or face.quality.size < home.min_face_size:
                 results.append(_answer(face, None, None, False, None))
@@ -199,11 +199,13 @@ async def recognize(
     )
 
 
-async def _learn(gw: Gateway, home: StoreConfig, face: wire.ShardFace, face_id: int) -> None:
+async def _learn(
+    gw: Gateway, home: StoreConfig, home_urls: list[str], face: wire.ShardFace, face_id: int
+) -> None:
     """Add a cross-store face's embedding at home, so the next visit matches locally."""
     try:
         await gw.shards.enroll_embedding(
-            gw.stores.urls(home),
+            home_urls,
             home.id,
             wire.EnrollEmbeddingRequest(embedding=face.embedding, face_id=face_id),
         )

@@ -28,7 +28,10 @@ class StoreMap(WatchedStoresFile):
         return store
 
     def group(self, store: StoreConfig) -> NodeGroup:
-        return self.config.group_of(store.id)
+        try:
+            return self.config.group_of(store.id)
+        except KeyError:  # the store left stores.yaml while a request for it was running
+            raise UnknownStore(f"no store {store.id!r}", store_id=store.id) from None
 
     def urls(self, store: StoreConfig) -> list[str]:
         """The replicas (or the nginx upstream) of the node group hosting a store."""

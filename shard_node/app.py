@@ -82,6 +82,7 @@ def create_app(settings: ShardSettings) -> FastAPI:
         warm = asyncio.create_task(pool.warm_up())
         app.state.warm = warm
         node.sync(stores.config)
+        node.prune_snapshots()
         tasks = [
             asyncio.create_task(node.follow(settings.feed_block_ms)),
             asyncio.create_task(node.snapshot_every(settings.snapshot_interval_s)),

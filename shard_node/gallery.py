@@ -57,7 +57,7 @@ async def ingest_folder(
     *,
     largest: bool = False,
     min_size: int = 0,
-    on_added: Callable[[int, int, np.ndarray], None] | None = None,
+    on_added: Callable[[int, int, int, np.ndarray], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> IngestReport:
     """Embed every photo in parallel (the pool's workers) and store it under its person."""
@@ -118,7 +118,7 @@ async def ingest_folder(
         report.added += 1
         report.faces[person] = face_id
         if on_added:
-            on_added(result.vec_id, face_id, faces[0].embedding)
+            on_added(result.gen, result.vec_id, face_id, faces[0].embedding)
 
     await asyncio.gather(*(one(person, p) for person, ps in people.items() for p in ps))
     return report

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,6 +127,17 @@ class Node:
         """Every store it serves is loaded (a refused store is reported, not waited for)."""
         return all(st.replica.loaded for st in self.stores.values() if not st.refused)
 
+    def prune_snapshots(self) -> None:
+        """Delete snapshots of stores this node no longer hosts (moved while it was down):
+        a node keeps no copy of faces it does not serve."""
+        root = self.options.snapshot_dir
+        if root is None or not root.is_dir():
+            return
+        for path in root.iterdir():
+            if path.is_dir() and path.name not in self.stores:
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("node %s: deleted the snapshot of %s (not hosted)", self.node_id, path)
+
     def sync(self, cfg: StoresFile) -> None:
         """Host exactly the stores the file gives this group: load new ones, release old ones."""
         group = cfg.group(self.node_id)
@@ -184,16 +196,17 @@ class Node:
     async def _load(self, st: StoreState) -> None:
         """Claim the store's embedder, load its index, then ingest its gallery if it has one."""
         store = st.store
-        recorded = await self.db.claim_embedder(store.id, self.info.name)
-        if recorded != self.info.name:
-            st.refused = (
-                f"store {store.id} holds {recorded} embeddings; this node runs {self.info.name}"
-            )
-            log.error("%s: refused: %s", store.id, st.refused)
-            st.ready.set()
-            return
         while True:
             try:
+                recorded = await self.db.claim_embedder(store.id, self.info.name)
+                if recorded != self.info.name:
+                    st.refused = (
+                        f"store {store.id} holds {recorded} embeddings; "
+                        f"this node runs {self.info.name}"
+                    )
+                    log.error("%s: refused: %s", store.id, st.refused)
+                    st.ready.set()
+                    return
                 await st.replica.load()
                 break
             except Exception:  # Redis restarting: try again, the store stays "loading"
@@ -256,7 +269,13 @@ class Node:
         """One blocking read over every loaded store's feed, forever; replicas converge."""
         while True:
             try:
-                live = {sid: st for sid, st in self.stores.items() if st.replica.loaded}
+                # A store busy rebuilding or saving a snapshot sits this read out, so one
+                # large store never holds the others' feeds back; its position keeps.
+                live = {
+                    sid: st
+                    for sid, st in self.stores.items()
+                    if st.replica.loaded and not st.replica.busy
+                }
                 if not live:
                     await asyncio.sleep(block_ms / 1000)
                     continue
@@ -282,6 +301,8 @@ class Node:
 
     async def snapshot(self) -> None:
         for st in list(self.stores.values()):
+            if st.leaving_at is not None:
+                continue  # on its way out: its snapshot goes with it
             try:
                 await st.replica.snapshot()
             except Exception:
@@ -305,7 +326,8 @@ class Node:
             log.error("node %s: task failed", self.node_id, exc_info=task.exception())
 
     async def close(self) -> None:
-        await asyncio.gather(*self._releases, return_exceptions=True)
+        leaving = [st.replica.release() for st in self.stores.values() if st.leaving_at]
+        await asyncio.gather(*self._releases, *leaving, return_exceptions=True)
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

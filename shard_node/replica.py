@@ -48,6 +48,7 @@ class Replica:
         self._apply_lock = asyncio.Lock()
         self._saved_gen = -1
         self._rebuild_task: asyncio.Task[None] | None = None
+        self._resync: asyncio.Task[None] | None = None
         # The node's index over all its stores, when it keeps one: every change goes there too.
         self.group: GroupIndex | None = None
 
@@ -145,19 +146,35 @@ class Replica:
         if adds[0]:
             self._add(adds[0], adds[1], np.vstack(adds[2]))
 
+    @property
+    def busy(self) -> bool:
+        """Rebuilding or saving a snapshot: the feed follower leaves this store for now."""
+        return self._apply_lock.locked()
+
     async def apply(self, events: list[FeedEvent]) -> None:
-        """Apply entries the node's feed follower read; a gap means a rebuild from Redis."""
+        """Apply entries the node's feed follower read; a gap means a rebuild from Redis,
+        which runs as a task of its own so the follower goes on with the other stores."""
         async with self._apply_lock:
             try:
                 await self._apply_locked(events)
+                return
             except FeedGap as gap:
                 log.warning("%s: %s; rebuilding from Redis", self.store_id, gap)
-                await self._rebuild_from_redis_locked()
+        if self._resync is None or self._resync.done():
+            self._resync = asyncio.get_running_loop().create_task(self._rebuild())
+
+    async def _rebuild(self) -> None:
+        async with self._apply_lock:
+            await self._rebuild_from_redis_locked()
 
     # --- local writes --------------------------------------------------------------------
 
-    def apply_local_add(self, vec_id: int, face_id: int, embedding: np.ndarray) -> None:
-        """Make our own acknowledged write searchable here at once; the feed replays it."""
+    def apply_local_add(self, gen: int, vec_id: int, face_id: int, embedding: np.ndarray) -> None:
+        """Make our own acknowledged write (feed sequence `gen`) searchable here at once; the
+        feed replays it. If the feed got here first it may also have applied an erase since:
+        then adding it again would bring an erased face back, so nothing is done."""
+        if gen <= self.gen:
+            return
         self._add([vec_id], [face_id], embedding)
         self._maybe_reshape()
 

@@ -14,6 +14,8 @@ from storeface import wire
 from storeface.errors import FaceNotFound, FaceTooSmall, MultipleFaces, NoFace
 from storeface.facedb import FaceDB
 
+ERASED_SLACK = 2
+
 
 async def _labelled(db: FaceDB, rows: list[list[tuple[IndexMatch, str]]]) -> list[list[wire.Match]]:
     """Attach labels; drops faces erased in Redis that this replica has not yet seen go."""
@@ -85,17 +87,19 @@ async def search(node: Node, req: wire.SearchRequest) -> wire.SearchResponse:
     if live:
         # Validated once: every store of a group shares the node's embedder.
         queries = live[0].replica.index.prepare(np.asarray(req.embeddings, dtype=np.float32))
+        # A few more than asked: faces erased in Redis but not yet here drop out below.
+        k = req.top_k + ERASED_SLACK
         if node.group is not None and len(live) > 1:
-            rows = node.group.search(queries, req.top_k, {st.store.id for st in live})
+            rows = node.group.search(queries, k, {st.store.id for st in live})
         todo = [i for i, row in enumerate(rows) if row is None]
         if todo:
-            looped = _search_each(live, queries[todo], req.top_k)
+            looped = _search_each(live, queries[todo], k)
             for i, row in zip(todo, looped, strict=True):
                 rows[i] = row
     return wire.SearchResponse(
         node_id=node.node_id,
         embedder=node.info.name,
-        results=await _labelled(node.db, [row or [] for row in rows]),
+        results=[r[: req.top_k] for r in await _labelled(node.db, [row or [] for row in rows])],
         stores=[st.store.id for st in live],
         missing=missing,
         search_ms=round((time.perf_counter() - t0) * 1000, 3),
@@ -239,7 +243,7 @@ async def _store(
     if result.duplicate:
         return wire.EnrollResponse(face_id=result.face_id, vec_id=0, created=False, duplicate=True)
     # Acknowledged by Redis (AOF on); now searchable here at once, elsewhere via the feed.
-    state.replica.apply_local_add(result.vec_id, face_id, vec)
+    state.replica.apply_local_add(result.gen, result.vec_id, face_id, vec)
     return wire.EnrollResponse(face_id=face_id, vec_id=result.vec_id, created=created)
 
 

@@ -125,11 +125,6 @@ class UnknownStore(NotFound):
     default_message = "no such store"
 
 
-class StoreNotHosted(NotFound):
-    code = "store_not_hosted"
-    default_message = "this shard node group does not host that store"
-
-
 class FaceNotFound(NotFound):
     code = "face_not_found"
     default_message = "no such face"
@@ -163,6 +158,14 @@ class ServiceUnavailable(StorefaceError):
 class NotReady(ServiceUnavailable):
     code = "not_ready"
     default_message = "the index is still loading"
+
+
+class StoreNotHosted(ServiceUnavailable):
+    """A shard node asked for a store it does not host (yet): a stale or early map, so
+    503 and retryable — nginx and the gateway then try another replica."""
+
+    code = "store_not_hosted"
+    default_message = "this shard node group does not host that store"
 
 
 class ShardUnavailable(ServiceUnavailable):

@@ -73,6 +73,11 @@ class NodeGroup:
     loc: tuple[str | int, ...]  # where it is defined in the file, for error lines
 
 
+def upstream_name(node_id: str) -> str:
+    """The nginx upstream of a node group."""
+    return f"node_{node_id.replace('-', '_')}"
+
+
 class ClusterConfig(BaseModel):
     """Where the local cluster listens; used by `make run` and the nginx generator."""
 
@@ -191,6 +196,13 @@ class StoresFile(BaseModel):
                     loc=loc,
                 )
             )
+        upstreams: dict[str, str] = {}
+        for g in groups:  # nginx names an upstream after its group, with _ for -
+            other = upstreams.setdefault(upstream_name(g.id), g.id)
+            if other != g.id:
+                raise ConfigProblem(
+                    (*g.loc, "id"), f"group ids {other} and {g.id} differ only in - and _"
+                )
         self._groups = {g.id: g for g in groups}
         self._store_group = {sid: g.id for g in groups for sid in g.stores}
 

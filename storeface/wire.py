@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class Box(BaseModel):
@@ -52,6 +52,12 @@ class SearchRequest(BaseModel):
     stores: list[str] | None = Field(
         default=None, max_length=10_000, description="stores of this node group; None = all"
     )
+
+    @model_validator(mode="after")
+    def _one_dimension(self) -> SearchRequest:
+        if len({len(e) for e in self.embeddings}) > 1:
+            raise ValueError("every embedding must have the same dimension")
+        return self
 
 
 class SearchResponse(BaseModel):

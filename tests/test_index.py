@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shard_node.faces.base import EmbedderInfo
 from shard_node.group_index import GroupIndex
 from shard_node.index import IndexPolicy, StoreIndex
+from shard_node.replica import Replica
 from storeface.errors import EmbeddingInvalid
 from tools.dataset import EmbeddedSet
 
@@ -167,3 +169,16 @@ def test_group_index_tags_stores_and_says_when_filtering_left_too_few() -> None:
     assert only is not None and [(m.face_id, sid) for m, sid in only] == [(7, "other")]
     group.drop_store("other")
     assert len(group) == 0 and group.search(q, 1, {"other"}) == [[]]
+
+
+def test_a_local_add_the_feed_already_applied_is_not_repeated() -> None:
+    """An enrollment's own add lands after the feed applied it and a later erase: adding it
+    again would bring an erased face back into memory."""
+    info = EmbedderInfo("test", 128, "l2", 0.5, "")
+    replica = Replica("s", info, db=None)  # type: ignore[arg-type]  # no Redis call here
+    vec = np.ones(128, np.float32)
+    replica.gen = 7  # the feed is at sequence 7: the add (6) and its erase (7) are applied
+    replica.apply_local_add(6, 100, 1, vec)
+    assert len(replica.index) == 0
+    replica.apply_local_add(8, 101, 2, vec)  # ahead of the feed: searchable at once
+    assert replica.index.has_vector(101)

@@ -87,11 +87,14 @@ def test_one_process_hosts_several_stores_each_with_its_own_index(
             10,
             what="replica two to see both stores' writes",
         )
-        # a store the group does not host is a clear 404, not a 500
+        # a store the group does not host: a 503 that nginx and the gateway retry elsewhere
         r = httpx.post(
             f"{one.url}/v1/stores/zz/faces/embedding", json={"embedding": embs[0].tolist()}
         )
-        assert r.status_code == 404 and r.json()["error"]["code"] == "store_not_hosted"
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_not_hosted"
+        # embeddings of different lengths are the caller's mistake, not a 500
+        r = httpx.post(f"{one.url}/v1/search", json={"embeddings": [[0.1] * 128, [0.1] * 12]})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
         # more faces in both stores: the search answers the nearest across them, in order
         more = [enroll_embedding(one.url, "ab"[i % 2], embs[10 + i]) for i in range(20)]
         r = httpx.post(f"{two.url}/v1/search", json={"embeddings": [embs[10].tolist()], "top_k": 5})
@@ -163,6 +166,17 @@ def test_stores_join_and_leave_a_running_group_without_a_restart(
         # a write at the new home after the move reaches the index there
         enroll_embedding(n1.url, "d", dev_set.embeddings[10])
         assert _hosted(n1.url)["d"]["vectors"] == 1
+        # a node that restarts after its store moved away while it was down deletes the
+        # snapshot it still had of it
+        n1.stop()
+        _write(path, nodes, [{"id": "a", "node": "n1"}, {"id": "c", "node": "n2"},
+                             {"id": "d", "node": "n2"}])  # fmt: skip
+        assert (tmp_path / "n1" / "snapshots" / "d").is_dir()
+        n1 = node("n1").start()
+        assert set(_hosted(n1.url)) == {"a"}
+        assert not (tmp_path / "n1" / "snapshots" / "d").exists()
+        assert not (tmp_path / "n1" / "snapshots" / "c").exists()
+        wait_until(lambda: _hosted(n2.url).get("d", {}).get("vectors") == 1, 20, what="d on n2")
     finally:
         n1.stop()
         n2.stop()

@@ -91,6 +91,10 @@ NODES = "nodes:\n  - id: n1\n    port: 9200\n    embedder: arcface\n"
             NODES + "stores:\n  - id: n1\n",
             "stores.yaml:6: stores.0.id: store n1 names no node",
         ),
+        (
+            "nodes:\n  - id: n-1\n  - id: n_1\n    port: 9300\nstores:\n  - id: a\n",
+            "stores.yaml:3: nodes.1.id: group ids n-1 and n_1 differ only in - and _",
+        ),
     ],
 )
 def test_node_group_errors_name_line_and_problem(text: str, needle: str) -> None:
