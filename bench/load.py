@@ -382,6 +382,16 @@ class Level:
     timings: list[dict[str, float]] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)
 
+    def record(self, ms: float, status: str, answer: dict[str, Any] | None) -> None:
+        """One request's outcome: an answer (with its timings), or an error by status."""
+        self.sent += 1
+        if answer is None:
+            self.errors[status] = self.errors.get(status, 0) + 1
+            return
+        self.ok += 1
+        self.latencies_ms.append(ms)
+        self.timings.append({**(answer.get("timings") or {}), "client_ms": ms})
+
     @property
     def rps(self) -> float:
         return self.ok / self.wall_s if self.wall_s else 0.0
@@ -478,15 +488,7 @@ def load(
                     conn.close()
                 conn = None
             with lock:
-                level.sent += 1
-                if answer is not None:
-                    level.ok += 1
-                    level.latencies_ms.append(ms)
-                    t = dict(answer.get("timings") or {})
-                    t["client_ms"] = ms
-                    level.timings.append(t)
-                else:
-                    level.errors[status] = level.errors.get(status, 0) + 1
+                level.record(ms, status, answer)
         if conn is not None:
             conn.close()
 

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from gateway import recognition
+from gateway import recognition, service
 from gateway.auth import KeyRing
 from gateway.deps import Admin, ApiKey, GatewayDep, KeysDep
 from gateway.models import (
@@ -22,7 +22,6 @@ from gateway.models import (
 )
 from gateway.recognition import Gateway
 from storeface import wire
-from storeface.errors import FaceNotFound, InvalidRequest
 from web.errors import model_response
 from web.uploads import read_upload
 
@@ -107,43 +106,31 @@ async def enroll(
     largest: Annotated[bool, Form()] = False,
 ) -> wire.EnrollResponse:
     """Enroll a photo's one face into a store (a new FaceId, or another photo of one)."""
-    store = gw.stores.route(store_id)
+    gw.stores.route(store_id)  # an unknown store is refused before the upload is read
     data = await read_upload(image, _limit(request))
-    form = {
-        "label": label,
-        "member_id": member_id,
-        "largest": str(largest).lower(),
-        "kind": "member" if member_id else "gallery",
-    }
-    if face_id is not None:
-        form["face_id"] = str(face_id)
-    return await gw.shards.enroll_image(gw.stores.urls(store), store.id, data, form)
+    return await service.enroll(
+        gw, store_id, data, label=label, member_id=member_id, face_id=face_id, largest=largest
+    )
 
 
 @router.delete("/v1/faces/{face_id}", response_model=wire.EraseResponse, dependencies=[Admin])
 async def erase(gw: GatewayDep, face_id: int) -> wire.EraseResponse:
     """Erase a person everywhere: vectors in every store, member binding, visit traces."""
-    result = await gw.db.erase_face(face_id)
-    await gw.analytics.erase_face(face_id)
-    if not result.existed:
-        raise FaceNotFound(face_id=face_id)
-    return wire.EraseResponse(face_id=face_id, erased=True, stores=result.stores)
+    return await service.erase(gw, face_id)
 
 
 @router.put(
     "/v1/faces/{face_id}/member", response_model=MemberBindingResponse, dependencies=[Admin]
 )
 async def bind_member(gw: GatewayDep, face_id: int, body: MemberBinding) -> MemberBindingResponse:
-    await gw.db.bind_member(face_id, body.member_id, body.profile)
-    return MemberBindingResponse(face_id=face_id, member_id=body.member_id, bound=True)
+    return await service.bind_member(gw, face_id, body)
 
 
 @router.delete(
     "/v1/faces/{face_id}/member", response_model=MemberBindingResponse, dependencies=[Admin]
 )
 async def unbind_member(gw: GatewayDep, face_id: int) -> MemberBindingResponse:
-    member_id = await gw.db.unbind_member(face_id)
-    return MemberBindingResponse(face_id=face_id, member_id=member_id, bound=False)
+    return await service.unbind_member(gw, face_id)
 
 
 @router.get(
@@ -159,19 +146,7 @@ async def stats(
 ) -> StatsResponse:
     """Per day: PV, UV, new vs returning visitors, member visits."""
     _allow(gw, keys, key, store_id)
-    today = dt.datetime.now(dt.UTC).date()
-    last = to or today
-    first = from_ or last
-    if first > last or (last - first).days > 366:
-        raise InvalidRequest("`from` must not be after `to`, and the range at most a year")
-    days = await gw.analytics.days(store_id, first, last)
-    return StatsResponse(
-        **{"from": f"{first}"},
-        to=f"{last}",
-        store_id=store_id,
-        unique_visitors=await gw.analytics.unique_visitors(store_id, first, last),
-        days=days,
-    )
+    return await service.stats(gw, store_id, from_, to)
 
 
 @router.get("/healthz", response_model=wire.HealthResponse)
@@ -183,17 +158,6 @@ async def healthz() -> wire.HealthResponse:
 async def readyz(gw: GatewayDep) -> JSONResponse:
     """Ready when the config is loaded and Redis answers; node groups are reported, with the
     stores each hosts."""
-    try:
-        redis_ok = bool(await gw.db.redis.ping())
-    except Exception:
-        redis_ok = False
-    groups = gw.stores.config.groups()
-    reach = await asyncio.gather(*(gw.shards.ready(gw.stores.group_urls(g)) for g in groups))
-    details = {
-        "redis": redis_ok,
-        "config_error": gw.stores.last_error,
-        "nodes": {g.id: ok for g, ok in zip(groups, reach, strict=True)},
-        "stores": {sid: ok for g, ok in zip(groups, reach, strict=True) for sid in g.stores},
-    }
+    redis_ok, details = await service.readiness(gw)
     body = wire.HealthResponse(status="ready" if redis_ok else "not_ready", details=details)
     return JSONResponse(status_code=200 if redis_ok else 503, content=body.model_dump())

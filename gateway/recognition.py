@@ -100,86 +100,133 @@ async def fan_out(
     return merged, sorted(degraded)
 
 
+@dataclass
+class _Visit:
+    """One recognition in progress: where it happens and what is known so far."""
+
+    home: StoreConfig
+    home_urls: list[str]
+    ident: wire.IdentifyResponse
+    threshold: float
+    best: list[_Candidate | None] = field(default_factory=list)  # per face, once found
+    records: dict[int, FaceRecord] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+
+
 async def recognize(
     gw: Gateway, store_id: str, image: bytes, now: float | None = None
 ) -> RecognizeResponse:
     """A FaceId for every face: known here, known elsewhere, or a new visitor."""
-    t0 = time.perf_counter()
+    stopwatch = _Stopwatch()
+    v = await _identify_at_home(gw, store_id, image)
+    timings = {f"shard_{k}": ms for k, ms in v.ident.timings.items()}
+    timings["identify_ms"] = stopwatch.lap()
+    await _search_elsewhere(gw, v)
+    timings["fanout_ms"] = stopwatch.lap()
+    results = await _face_ids(gw, v)
+    timings["register_ms"] = stopwatch.lap()
+    await _members_and_visits(gw, v, results, now)
+    timings["redis_ms"] = stopwatch.lap()
+    timings["total_ms"] = stopwatch.total()
+    gw.observe(timings)
+    return RecognizeResponse(
+        store_id=v.home.id,
+        faces=results,
+        degraded=v.degraded,
+        timings={k: round(ms, 3) for k, ms in timings.items()},
+    )
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        """Milliseconds since the last lap."""
+        now = time.perf_counter()
+        ms, self.last = (now - self.last) * 1000, now
+        return ms
+
+    def total(self) -> float:
+        return (time.perf_counter() - self.start) * 1000
+
+
+async def _identify_at_home(gw: Gateway, store_id: str, image: bytes) -> _Visit:
+    """Every face of the image with its best match at home, if under the threshold."""
     home = gw.stores.route(store_id)
     home_urls = gw.stores.urls(home)
     ident = await gw.shards.identify(home_urls, home.id, image, top_k=1)
-    t1 = time.perf_counter()
-    threshold = home.threshold or ident.threshold
-    timings = {f"shard_{k}": v for k, v in ident.timings.items()}
-    timings["identify_ms"] = (t1 - t0) * 1000
-
-    # 1. at home: the best match under the threshold, if that face still exists
-    best: list[_Candidate | None] = []
+    v = _Visit(home, home_urls, ident, home.threshold or ident.threshold)
     for face in ident.faces:
         m = face.matches[0] if face.matches else None
-        best.append(
-            _Candidate(m.face_id, home.id, m.distance, m.label)
-            if m and m.distance <= threshold
-            else None
-        )
+        hit = m is not None and m.distance <= v.threshold
+        v.best.append(_Candidate(m.face_id, home.id, m.distance, m.label) if m and hit else None)
+    return v
 
-    # 2. elsewhere: only the embeddings of faces unknown at home travel
-    unknown = [i for i, b in enumerate(best) if b is None]
-    degraded: list[str] = []
-    if unknown and home.fallback != "none":
-        gw.counters.fallbacks += 1
-        rows, degraded = await fan_out(gw, home, [ident.faces[i].embedding for i in unknown], 1)
-        for i, row in zip(unknown, rows, strict=True):
-            if row and row[0].distance <= threshold:
-                best[i] = row[0]
-    t2 = time.perf_counter()
-    timings["fanout_ms"] = (t2 - t1) * 1000
 
-    # 3. learn cross-store faces at home; 4. register the still unknown
-    records = await gw.db.get_faces([b.face_id for b in best if b is not None])
+async def _search_elsewhere(gw: Gateway, v: _Visit) -> None:
+    """Faces unknown at home are searched in the other stores: only their embeddings travel."""
+    unknown = [i for i, b in enumerate(v.best) if b is None]
+    if not unknown or v.home.fallback == "none":
+        return
+    gw.counters.fallbacks += 1
+    embeddings = [v.ident.faces[i].embedding for i in unknown]
+    rows, v.degraded = await fan_out(gw, v.home, embeddings, 1)
+    for i, row in zip(unknown, rows, strict=True):
+        if row and row[0].distance <= v.threshold:
+            v.best[i] = row[0]
+
+
+async def _face_ids(gw: Gateway, v: _Visit) -> list[RecognizedFace]:
+    """Known faces keep their FaceId (cross-store ones are learned at home); unknown ones are
+    registered as new visitors, unless too small or the store registers nobody."""
+    v.records = await gw.db.get_faces([b.face_id for b in v.best if b is not None])
     results: list[RecognizedFace] = []
-    for face, cand in zip(ident.faces, best, strict=True):
-        if cand is not None and cand.face_id not in records:
+    for face, cand in zip(v.ident.faces, v.best, strict=True):
+        if cand is not None and cand.face_id not in v.records:
             cand = None  # erased since the index last heard: treat as unknown
-        is_new = False
-        if cand is not None and cand.store_id != home.id and home.learn_cross_store:
-            await _learn(gw, home, home_urls, face, cand.face_id)
-        if cand is None:
-            if not home.auto_register or face.quality.size < home.min_face_size:
-                results.append(_answer(face, None, None, False, None))
-                continue
-            reg = await gw.shards.register(
-                home_urls,
-                home.id,
-                wire.RegisterRequest(embedding=face.embedding, threshold=threshold),
-            )
-            is_new = reg.created
-            if is_new:
-                gw.counters.registrations += 1
-                record = FaceRecord(face_id=reg.face_id, kind="visitor", home_store=home.id)
-                cand = _Candidate(reg.face_id, home.id, 0.0, "")
-            else:  # a concurrent post registered this person a moment ago
-                cand = _Candidate(reg.face_id, home.id, reg.distance or 0.0, "")
-                record = (await gw.db.get_faces([reg.face_id])).get(reg.face_id) or FaceRecord(
-                    face_id=reg.face_id, kind="visitor", home_store=home.id
-                )
-            records[cand.face_id] = record
-        results.append(
-            _answer(face, cand, records[cand.face_id], is_new, None if is_new else cand.store_id)
-        )
-    t3 = time.perf_counter()
-    timings["register_ms"] = (t3 - t2) * 1000
+        if cand is not None:
+            if cand.store_id != v.home.id and v.home.learn_cross_store:
+                await _learn(gw, v.home, v.home_urls, face, cand.face_id)
+            results.append(_answer(face, cand, v.records[cand.face_id], False, cand.store_id))
+        elif not v.home.auto_register or face.quality.size < v.home.min_face_size:
+            results.append(_answer(face, None, None, False, None))
+        else:
+            results.append(await _register(gw, v, face))
+    return results
 
-    # 5. members and visits
+
+async def _register(gw: Gateway, v: _Visit, face: wire.ShardFace) -> RecognizedFace:
+    """A new visitor FaceId at home, or the one a concurrent post just registered."""
+    reg = await gw.shards.register(
+        v.home_urls,
+        v.home.id,
+        wire.RegisterRequest(embedding=face.embedding, threshold=v.threshold),
+    )
+    fallback = FaceRecord(face_id=reg.face_id, kind="visitor", home_store=v.home.id)
+    if reg.created:
+        gw.counters.registrations += 1
+        cand, record = _Candidate(reg.face_id, v.home.id, 0.0, ""), fallback
+    else:
+        cand = _Candidate(reg.face_id, v.home.id, reg.distance or 0.0, "")
+        record = (await gw.db.get_faces([reg.face_id])).get(reg.face_id) or fallback
+    v.records[cand.face_id] = record
+    return _answer(face, cand, record, reg.created, None if reg.created else v.home.id)
+
+
+async def _members_and_visits(
+    gw: Gateway, v: _Visit, results: list[RecognizedFace], now: float | None
+) -> None:
+    """Attach labels and member profiles; count each person once per frame as a visit."""
     profiles = await gw.db.member_profiles(
-        [records[r.face_id].member_id for r in results if r.face_id is not None]
+        [v.records[r.face_id].member_id for r in results if r.face_id is not None]
     )
     counted: set[int] = set()
     for r in results:
         if r.face_id is None:
             r.visit = "not_counted"
             continue
-        rec = records[r.face_id]
+        rec = v.records[r.face_id]
         r.label, r.kind = rec.label, rec.kind
         if rec.member_id:
             r.member = Member(member_id=rec.member_id, profile=profiles.get(rec.member_id, {}))
@@ -187,16 +234,7 @@ async def recognize(
             r.visit = "deduped"
             continue
         counted.add(r.face_id)
-        r.visit = await gw.analytics.record(home.id, r.face_id, bool(rec.member_id), now)
-    timings["redis_ms"] = (time.perf_counter() - t3) * 1000
-    timings["total_ms"] = (time.perf_counter() - t0) * 1000
-    gw.observe(timings)
-    return RecognizeResponse(
-        store_id=home.id,
-        faces=results,
-        degraded=degraded,
-        timings={k: round(v, 3) for k, v in timings.items()},
-    )
+        r.visit = await gw.analytics.record(v.home.id, r.face_id, bool(rec.member_id), now)
 
 
 async def _learn(

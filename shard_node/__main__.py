@@ -9,16 +9,13 @@ from typing import Annotated
 
 import typer
 import uvicorn
-from redis.asyncio import Redis
 from rich.progress import Progress
 
-from shard_node.app import create_app, embedder_options
-from shard_node.faces.pool import FacePool
-from shard_node.faces.registry import embedder_info
+from shard_node.app import create_app
 from shard_node.gallery import ingest_folder, photos_by_person
+from shard_node.runtime import open_runtime
 from shard_node.settings import ShardSettings
 from storeface.errors import ConfigError
-from storeface.facedb import FaceDB
 from storeface.stores import load_stores
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True)
@@ -57,33 +54,26 @@ def ingest(
     cfg = stores.store(store)
     if cfg is None:
         raise typer.BadParameter(f"store {store!r} is not in {settings.stores_file}")
-    options = embedder_options(stores.group_of(store), settings)
-    info = embedder_info(cfg.embedder, options)
+    group = stores.group_of(store)
     total = sum(len(p) for p in photos_by_person(folder).values())
 
     async def run() -> None:
-        redis = Redis.from_url(settings.redis_url)
-        pool = FacePool(cfg.embedder, options, workers=workers or None)
-        try:
-            db = FaceDB(redis)
-            recorded = await db.claim_embedder(cfg.id, info.name)
-            if recorded != info.name:
+        async with open_runtime(settings, group, workers=workers or None) as rt:
+            recorded = await rt.db.claim_embedder(cfg.id, rt.info.name)
+            if recorded != rt.info.name:
                 raise typer.BadParameter(f"store {cfg.id} holds {recorded} embeddings")
             with Progress() as progress:
                 task = progress.add_task(f"ingesting into {cfg.id}", total=total)
                 report = await ingest_folder(
-                    db,
-                    pool,
+                    rt.db,
+                    rt.pool,
                     cfg.id,
-                    info,
+                    rt.info,
                     folder,
                     largest=largest,
                     min_size=cfg.min_face_size,
                     progress=lambda n: progress.advance(task, n),
                 )
-        finally:
-            pool.close()
-            await redis.aclose()
         typer.echo(report.summary())
         for path, why in report.skipped:
             typer.echo(f"  skipped {path}: {why}")

@@ -85,10 +85,11 @@ async def healthz() -> wire.HealthResponse:
 @router.get("/readyz", response_model=wire.HealthResponse)
 async def readyz(request: Request, node: NodeDep) -> JSONResponse:
     """Ready once the pipeline workers are up and every store it serves is loaded."""
-    ready = node.loaded and request.app.state.warm.done()
+    warm = request.state.warm.done()
+    ready = node.loaded and warm
     details = {
         "node_id": node.node_id,
-        "workers_ready": request.app.state.warm.done(),
+        "workers_ready": warm,
         "stores": {
             sid: {
                 "loaded": st.replica.loaded,

@@ -10,7 +10,7 @@ from shard_node.node import Node, StoreState
 
 
 def get_node(request: Request) -> Node:
-    node: Node = request.app.state.node
+    node: Node = request.state.node  # from the lifespan's state (shard_node.app.ShardState)
     return node
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shard_node.faces.base import EmbedderInfo
+from shard_node.faces.base import EmbedderInfo, enrollable_face
 from shard_node.faces.pool import FacePool
 from storeface.errors import StorefaceError
 from storeface.facedb import FaceDB
@@ -82,18 +82,9 @@ async def ingest_folder(
             return
         try:
             analysis = await pool.analyze(data)
-        except StorefaceError as exc:
+            face = enrollable_face(analysis.faces, min_size, largest)
+        except StorefaceError as exc:  # broken, no face, several, too small: listed, not added
             report.skipped.append((str(path), exc.code))
-            return
-        faces = analysis.faces
-        if not faces:
-            report.skipped.append((str(path), "no_face"))
-            return
-        if len(faces) > 1 and not largest:
-            report.skipped.append((str(path), "multiple_faces"))
-            return
-        if faces[0].size < min_size:
-            report.skipped.append((str(path), "face_too_small"))
             return
         async with person_locks[person]:  # the person's first photo makes the FaceId
             face_id = await db.gallery_face(store_id, person)
@@ -103,7 +94,7 @@ async def ingest_folder(
             result = await db.add_vector(
                 store_id,
                 face_id,
-                faces[0].embedding,
+                face.embedding,
                 embedder=info.name,
                 kind="gallery",
                 label=person,
@@ -118,7 +109,7 @@ async def ingest_folder(
         report.added += 1
         report.faces[person] = face_id
         if on_added:
-            on_added(result.gen, result.vec_id, face_id, faces[0].embedding)
+            on_added(result.gen, result.vec_id, face_id, face.embedding)
 
     await asyncio.gather(*(one(person, p) for person, ps in people.items() for p in ps))
     return report

@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 
-from shard_node.faces.base import Face
+from shard_node.faces.base import Face, enrollable_face
 from shard_node.index import Match as IndexMatch
 from shard_node.node import Node, StoreState
 from storeface import wire
-from storeface.errors import FaceNotFound, FaceTooSmall, MultipleFaces, NoFace
+from storeface.errors import FaceNotFound
 from storeface.facedb import FaceDB
 
 ERASED_SLACK = 2
@@ -124,21 +124,6 @@ def _search_each(
     return merged
 
 
-def _enrollable(faces: list[Face], min_size: int, largest: bool) -> Face:
-    if not faces:
-        raise NoFace()
-    if len(faces) > 1 and not largest:
-        raise MultipleFaces(faces=len(faces))
-    face = faces[0]  # largest first
-    if face.size < min_size:
-        raise FaceTooSmall(
-            f"the face is {face.size}px; enrollment needs {min_size}px",
-            size=face.size,
-            min_size=min_size,
-        )
-    return face
-
-
 async def enroll_image(
     state: StoreState,
     image: bytes,
@@ -156,7 +141,7 @@ async def enroll_image(
     if known is not None:
         return wire.EnrollResponse(face_id=known, vec_id=0, created=False, duplicate=True)
     analysis = await state.pool.analyze(image)
-    face = _enrollable(analysis.faces, state.store.min_face_size, largest)
+    face = enrollable_face(analysis.faces, state.store.min_face_size, largest)
     return await _store(
         state,
         face.embedding,

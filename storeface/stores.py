@@ -100,6 +100,27 @@ class ConfigProblem(ValueError):
         super().__init__(message)
 
 
+def _hosted_store_fits(i: int, s: StoreConfig, node: NodeConfig) -> None:
+    """A store on a node group sets nothing that belongs to the group."""
+    for name in ("replicas", "port", "shard_urls"):
+        if name in s.model_fields_set:
+            raise ConfigProblem(
+                ("stores", i, name),
+                f"store {s.id} is hosted by node {node.id}: set {name} on the node",
+            )
+    if "embedder" in s.model_fields_set and s.embedder != node.embedder:
+        raise ConfigProblem(
+            ("stores", i, "embedder"),
+            f"store {s.id} uses embedder {s.embedder} but its node {node.id} runs "
+            f"{node.embedder}: one embedder per node group",
+        )
+    if "embedder_options" in s.model_fields_set and s.embedder_options != node.embedder_options:
+        raise ConfigProblem(
+            ("stores", i, "embedder_options"),
+            f"store {s.id}: embedder_options belong to its node {node.id}",
+        )
+
+
 class StoresFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -111,6 +132,13 @@ class StoresFile(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> StoresFile:
+        self._check_stores()
+        self._check_nodes()
+        self._resolve_groups()
+        self._check_ports()
+        return self
+
+    def _check_stores(self) -> None:
         ids = [s.id for s in self.stores]
         for i, s in enumerate(self.stores):
             if s.id in ids[:i]:
@@ -121,6 +149,9 @@ class StoresFile(BaseModel):
                     ("stores", i, "fallback_stores"),
                     f"store {s.id} falls back to unknown stores: {unknown}",
                 )
+
+    def _check_nodes(self) -> None:
+        """Node ids are unique; a hosted store names a known node and takes its embedder."""
         nodes = {n.id: n for n in self.nodes}
         for j, n in enumerate(self.nodes):
             if n.id in [m.id for m in self.nodes[:j]]:
@@ -140,29 +171,8 @@ class StoresFile(BaseModel):
                 raise ConfigProblem(
                     ("stores", i, "node"), f"store {s.id} names unknown node {s.node} ({known})"
                 )
-            for name in ("replicas", "port", "shard_urls"):
-                if name in s.model_fields_set:
-                    raise ConfigProblem(
-                        ("stores", i, name),
-                        f"store {s.id} is hosted by node {node.id}: set {name} on the node",
-                    )
-            if "embedder" in s.model_fields_set and s.embedder != node.embedder:
-                raise ConfigProblem(
-                    ("stores", i, "embedder"),
-                    f"store {s.id} uses embedder {s.embedder} but its node {node.id} runs "
-                    f"{node.embedder}: one embedder per node group",
-                )
-            if "embedder_options" in s.model_fields_set and s.embedder_options != (
-                node.embedder_options
-            ):
-                raise ConfigProblem(
-                    ("stores", i, "embedder_options"),
-                    f"store {s.id}: embedder_options belong to its node {node.id}",
-                )
+            _hosted_store_fits(i, s, node)
             s.embedder, s.embedder_options = node.embedder, dict(node.embedder_options)
-        self._resolve_groups()
-        self._check_ports()
-        return self
 
     def _resolve_groups(self) -> None:
         """Declared groups first, then one per store without a node; ports laid out in turn."""

@@ -8,6 +8,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from storeface.errors import FaceTooSmall, MultipleFaces, NoFace
 from storeface.images import DecodedImage, laplacian_variance
 
 Metric = Literal["l2", "cosine"]
@@ -95,3 +96,19 @@ def analyze(
             )
         )
     return faces
+
+
+def enrollable_face(faces: list[Face], min_size: int, largest: bool) -> Face:
+    """The one face a photo is enrolled by (largest first); a clear error otherwise."""
+    if not faces:
+        raise NoFace()
+    if len(faces) > 1 and not largest:
+        raise MultipleFaces(faces=len(faces))
+    face = faces[0]  # largest first
+    if face.size < min_size:
+        raise FaceTooSmall(
+            f"the face is {face.size}px; enrollment needs {min_size}px",
+            size=face.size,
+            min_size=min_size,
+        )
+    return face
