@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
 
-.PHONY: venv run reload test lint format bench bench-search bench-pipeline bench-load bench-accuracy \
+.PHONY: venv run reload test test-fast lint format bench bench-search bench-pipeline bench-load bench-accuracy \
         bench-scale \
         nginx-config ingest clean
 
@@ -30,6 +30,10 @@ reload: venv
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# In-process apps, real Redis, no server processes: the feedback loop for a one-line change.
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

@@ -30,8 +30,12 @@ def _secret(value: object) -> str | None:
     return get() if get else None
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
-    """Build a gateway; an invalid stores.yaml or keys file fails here, naming the problem."""
+def create_app(
+    settings: GatewaySettings, transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """Build a gateway; an invalid stores.yaml or keys file fails here, naming the problem.
+
+    `transport` replaces the network under the shard client (tests: in-process shard apps)."""
     stores = StoreMap(settings.stores_file, settings.shard_proxy)
     keys = KeyRing.from_sources(
         _secret(settings.admin_key), _secret(settings.camera_keys), settings.keys_file
@@ -42,7 +46,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = Redis.from_url(settings.redis_url)
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        async with httpx.AsyncClient(limits=limits) as client:
+        async with httpx.AsyncClient(limits=limits, transport=transport) as client:
             gw = Gateway(
                 stores=stores,
                 shards=ShardClient(client, settings.shard_timeout_s),

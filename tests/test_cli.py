@@ -14,6 +14,8 @@ from shard_node.faces.registry import make_pipeline
 from tests.support import free_port
 from tools.cli import Vectors, app, embed_largest, plot_matches, search_vectors, stats_rows
 
+pytestmark = pytest.mark.slow  # starts server processes or embeds many photos
+
 PEOPLE = 10
 DISTRACTORS = 10
 # Measured: 10 of the 10 second photos find their person first (dlib, this gallery).

@@ -13,6 +13,8 @@ import pytest
 from tests.conftest import photo
 from tests.support import LocalCluster, wait_until
 
+pytestmark = pytest.mark.slow  # starts server processes or embeds many photos
+
 NODES = [{"id": "node-1", "replicas": 2}, {"id": "node-2", "replicas": 1}]
 PLACEMENT: dict[str, str | None] = {}  # store → node group, as stores.yaml now says
 

@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from PIL import Image
 
 from tests.support import ROOT, RedisServer, ShardNode, wait_until, write_stores
+
+pytestmark = pytest.mark.slow  # starts server processes or embeds many photos
 
 PEOPLE = {"Paul_Tagliabue": 3, "Mary_Carey": 2, "Juanes": 2}
 

@@ -18,6 +18,8 @@ from storeface.distances import distances
 from tests.support import GatewayNode, RedisServer, ShardNode, wait_until, write_stores
 from tools.dataset import EmbeddedSet
 
+pytestmark = pytest.mark.slow  # starts server processes or embeds many photos
+
 ADMIN = "test-admin-key"
 CAM_A = "camera-a-key"
 STORES = ["store-a", "store-b", "store-c"]

@@ -132,6 +132,7 @@ def realistic(
     return views(per), np.repeat(np.arange(1, people + 1), per), views(1)
 
 
+@pytest.mark.slow  # embeds 1,239 strangers' photos once (then cached)
 def test_ivf_keeps_recall_on_realistic_vectors(distractor_set: EmbeddedSet) -> None:
     """Calibrating on noisy copies of stored vectors once claimed 0.99 at a real 0.65."""
     x, faces, fresh = realistic(distractor_set.embeddings[distractor_set.ok], 6000, 2)

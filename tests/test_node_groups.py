@@ -22,6 +22,8 @@ from tests.support import (
 )
 from tools.dataset import EmbeddedSet
 
+pytestmark = pytest.mark.slow  # starts server processes or embeds many photos
+
 ADMIN = "node-groups-admin"
 
 

@@ -22,6 +22,8 @@ from storeface.paths import models_dir
 from tools.dataset import EmbeddedSet, embed_folder
 from tools.evaluation import Nearest, nearest, split
 
+pytestmark = pytest.mark.slow  # starts server processes or embeds many photos
+
 # Measured with arcface_mobilefacenet_128.onnx (docs/models.md): rank-1 100%, TMR 95.5% and
 # FMR 0.97% at 0.56. The floors leave room for one or two photos, not for a broken pipeline.
 RANK1_FLOOR = 0.97

@@ -13,6 +13,8 @@ import redis as redis_lib
 from tests.support import RedisServer, ShardNode, enroll_embedding, wait_until, write_stores
 from tools.dataset import EmbeddedSet
 
+pytestmark = pytest.mark.slow  # starts server processes or embeds many photos
+
 STORE = "rep"
 
 

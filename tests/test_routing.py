@@ -66,6 +66,7 @@ def test_shard_proxy_overrides_derived_urls(tmp_path: Path) -> None:
     assert m.urls(m.route("b")) == ["http://x:1"]
 
 
+@pytest.mark.slow  # starts a gateway process
 def test_invalid_file_at_start_up_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "stores.yaml"
     path.write_text("stores:\n  - id: a\n  - id: b\n    replicas: 0\n")

@@ -14,6 +14,8 @@ from tests.support import RedisServer, ShardNode, write_stores
 from tools.dataset import EmbeddedSet
 from tools.evaluation import Nearest, split
 
+pytestmark = pytest.mark.slow  # starts server processes or embeds many photos
+
 STORE = "accuracy"
 
 

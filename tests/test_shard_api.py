@@ -14,6 +14,8 @@ from PIL import Image
 from tests.conftest import photo
 from tests.support import RedisServer, ShardNode, wait_until, write_stores
 
+pytestmark = pytest.mark.slow  # starts server processes or embeds many photos
+
 STORE = "shard-test"
 
 
@@ -21,6 +23,7 @@ STORE = "shard-test"
 def shard(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ShardNode]:
+
     redis_lib.Redis(port=redis_server.port).flushall()
     work = tmp_path_factory.mktemp("shard")
     stores = write_stores(work / "stores.yaml", [{"id": STORE}, {"id": "other"}])

@@ -1,0 +1,174 @@
+"""The gateway and two shard node groups built in this process by their app factories, the
+gateway's shard client routed to them over ASGI; real Redis, real photos, real pipelines.
+Faults a test cannot cause for real (a node that drops connections) are injected with
+httpx.MockTransport. No server process starts: this is the fast loop (`make test-fast`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+import redis as redis_lib
+import yaml
+from asgi_lifespan import LifespanManager
+
+from gateway.app import create_app as create_gateway
+from gateway.settings import GatewaySettings
+from shard_node.app import create_app as create_shard
+from shard_node.settings import ShardSettings
+from tests.conftest import photo
+from tests.support import RedisServer
+
+ADMIN = "in-process-admin"
+NODES = {"n1": ["store-a", "store-b"], "n2": ["store-c"]}
+
+
+class Router(httpx.AsyncBaseTransport):
+    """Sends each request to the transport of its host: one in-process app per node group."""
+
+    def __init__(self, routes: dict[str, httpx.AsyncBaseTransport]) -> None:
+        self.routes = routes
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.routes[request.url.host].handle_async_request(request)
+
+
+@dataclass
+class InProcess:
+    gateway: httpx.AsyncClient
+    router: Router
+    shards: dict[str, httpx.AsyncBaseTransport]
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def apps(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
+) -> AsyncIterator[InProcess]:
+    redis_lib.Redis(port=redis_server.port).flushall()
+    work = tmp_path_factory.mktemp("inprocess")
+    stores_file = work / "stores.yaml"
+    doc = {
+        "nodes": [{"id": n, "replicas": 1, "urls": [f"http://{n}"]} for n in NODES],
+        "stores": [
+            {"id": s, "node": n, "region": "north"} for n, stores in NODES.items() for s in stores
+        ],
+    }
+    stores_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    async with AsyncExitStack() as stack:
+        shards: dict[str, httpx.AsyncBaseTransport] = {}
+        for node in NODES:
+            settings = ShardSettings(
+                node_id=node,
+                stores_file=stores_file,
+                redis_url=redis_server.url,
+                workers=1,
+                snapshot_dir=work / node,
+                feed_block_ms=100,
+            )
+            manager = await stack.enter_async_context(LifespanManager(create_shard(settings)))
+            shards[node] = httpx.ASGITransport(app=manager.app)
+        for transport in shards.values():  # ready: every store loaded, workers up
+            async with httpx.AsyncClient(transport=transport, base_url="http://n") as c:
+                for _ in range(600):
+                    if (await c.get("/readyz")).status_code == 200:
+                        break
+                    await anyio.sleep(0.1)
+        router = Router(dict(shards))
+        gw_settings = GatewaySettings(
+            stores_file=stores_file,
+            redis_url=redis_server.url,
+            admin_key=ADMIN,
+            fanout_deadline_ms=2000,
+        )
+        gateway = await stack.enter_async_context(
+            LifespanManager(create_gateway(gw_settings, transport=router))
+        )
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=gateway.app),
+                base_url="http://gateway",
+                headers={"X-API-Key": ADMIN},
+                timeout=60,
+            )
+        )
+        yield InProcess(client, router, shards)
+
+
+async def _recognize(c: httpx.AsyncClient, store: str, image: bytes) -> httpx.Response:
+    return await c.post(
+        "/v1/recognize", files={"image": ("f.jpg", image)}, data={"store_id": store}
+    )
+
+
+@pytest.mark.anyio
+async def test_a_new_visitor_keeps_its_face_id(apps: InProcess, faces: Path) -> None:
+    first = await _recognize(apps.gateway, "store-a", photo(faces, "Juanes", 1))
+    assert first.status_code == 200, first.text
+    face = first.json()["faces"][0]
+    assert face["is_new"] is True and face["visit"] == "new"
+    again = (await _recognize(apps.gateway, "store-a", photo(faces, "Juanes", 1))).json()
+    assert again["faces"][0]["face_id"] == face["face_id"]
+    assert again["faces"][0]["is_new"] is False
+
+
+@pytest.mark.anyio
+async def test_a_face_enrolled_on_another_group_is_found_there(
+    apps: InProcess, faces: Path
+) -> None:
+    person = "Rebekah_Chantay_Revels"
+    r = await apps.gateway.post(
+        "/v1/stores/store-c/faces",
+        files={"image": ("a.jpg", photo(faces, person, 1))},
+        data={"label": person},
+    )
+    assert r.status_code == 201, r.text
+    found = (await _recognize(apps.gateway, "store-b", photo(faces, person, 1))).json()
+    face = found["faces"][0]
+    assert (face["face_id"], face["matched_store"], face["label"]) == (
+        r.json()["face_id"],
+        "store-c",
+        person,
+    )
+    assert found["degraded"] == []
+
+
+@pytest.mark.anyio
+async def test_a_group_that_drops_connections_degrades_only_its_stores(
+    apps: InProcess, faces: Path
+) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    apps.router.routes["n2"] = httpx.MockTransport(refuse)
+    try:
+        r = await _recognize(apps.gateway, "store-a", photo(faces, "Mark_Gottfried", 1))
+        assert r.status_code == 200, r.text
+        assert r.json()["degraded"] == ["store-c"]
+        assert r.json()["faces"][0]["is_new"] is True
+        down = await _recognize(apps.gateway, "store-c", photo(faces, "Mark_Gottfried", 1))
+        assert down.status_code == 503
+        assert down.json()["error"]["code"] == "shard_unavailable"
+    finally:
+        apps.router.routes["n2"] = apps.shards["n2"]
+
+
+@pytest.mark.anyio
+async def test_bad_uploads_are_clear_4xx_through_both_apps(apps: InProcess) -> None:
+    r = await apps.gateway.post(
+        "/v1/recognize", files={"image": ("x.txt", b"not an image")}, data={"store_id": "store-a"}
+    )
+    assert r.status_code == 415 and r.json()["error"]["code"] == "not_an_image"
+    r = await apps.gateway.post("/v1/recognize", files={"image": ("x.jpg", b"\xff\xd8\xff")})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "missing_field"
+    r = await _recognize(apps.gateway, "nowhere", b"\xff\xd8\xff")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_store"
