@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from typing import TypedDict
 
 import httpx
 from fastapi import FastAPI
@@ -25,6 +26,12 @@ from web.errors import install_error_handlers
 from web.metrics import instrument, stage_observer
 
 
+class GatewayState(TypedDict):
+    """What the lifespan hands each request (`request.state`)."""
+
+    gateway: Gateway
+
+
 def _secret(value: object) -> str | None:
     get = getattr(value, "get_secret_value", None)
     return get() if get else None
@@ -43,7 +50,7 @@ def create_app(
     registry = CollectorRegistry()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[GatewayState]:
         redis = Redis.from_url(settings.redis_url)
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         async with httpx.AsyncClient(limits=limits, transport=transport) as client:
@@ -55,11 +62,10 @@ def create_app(
                 fanout_deadline_s=settings.fanout_deadline_ms / 1000,
                 observe=stage_observer(registry, "gateway"),
             )
-            app.state.gateway = gw
             _export_counters(gw, registry)
             watcher = asyncio.create_task(stores.watch(settings.reload_interval_s))
             try:
-                yield
+                yield {"gateway": gw}
             finally:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)

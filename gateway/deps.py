@@ -11,7 +11,7 @@ from gateway.recognition import Gateway
 
 
 def get_gateway(request: Request) -> Gateway:
-    gw: Gateway = request.app.state.gateway
+    gw: Gateway = request.state.gateway  # from the lifespan (gateway.app.GatewayState)
     return gw
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import subprocess
+import sys
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -57,3 +59,12 @@ def test_a_file_with_the_wrong_hash_is_not_installed(
     assert out.exit_code == 1
     assert "is not the published" in out.output
     assert not dest.exists() or not any(dest.iterdir())
+
+
+def test_python_dash_m_registers_every_command() -> None:
+    """`python -m tools.cli` once ran its `__main__` guard before fetch-models existed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for command in ("vectorize", "search", "verify", "enroll", "stats", "erase", "fetch-models"):
+        assert command in out, command

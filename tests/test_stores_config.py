@@ -45,6 +45,10 @@ def test_default_config_is_valid_and_consistent() -> None:
     ],
 )
 def test_invalid_files_name_line_and_problem(text: str, needle: str) -> None:
+    _refused(text, needle)
+
+
+def _refused(text: str, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_stores(text, "stores.yaml")
     assert needle in err.value.message
@@ -98,9 +102,7 @@ NODES = "nodes:\n  - id: n1\n    port: 9200\n    embedder: arcface\n"
     ],
 )
 def test_node_group_errors_name_line_and_problem(text: str, needle: str) -> None:
-    with pytest.raises(ConfigError) as err:
-        parse_stores(text, "stores.yaml")
-    assert needle in err.value.message
+    _refused(text, needle)
 
 
 def test_stores_share_a_node_group_and_old_files_keep_their_shape() -> None:
