@@ -112,6 +112,8 @@ def test_killing_a_replica_fails_no_request(cluster: LocalCluster, faces: Path) 
         t.start()
     wait_until(lambda: len(statuses) >= 4, 60, what="requests flowing")
     victim = cluster.program_pid("shard-node-1-1")
+    workers = _children(victim)  # its face-pipeline pool
+    assert workers, "a shard replica runs its pipeline in worker processes"
     subprocess.run(["kill", "-9", str(victim)], check=True)
     seen = len(statuses)
     wait_until(lambda: len(statuses) >= seen + 12, 120, what="requests after the kill")
@@ -119,12 +121,34 @@ def test_killing_a_replica_fails_no_request(cluster: LocalCluster, faces: Path) 
     for t in threads:
         t.join(60)
     assert statuses and set(statuses) == {200}, statuses
+    # its pool workers die with it, instead of holding their models' memory forever
+    wait_until(lambda: not any(_alive(w) for w in workers), 30, what="the workers to go")
     # supervisord brings the replica back
     wait_until(
         lambda: cluster.program_pid("shard-node-1-1") not in (0, victim),
         60,
         what="replica restarted",
     )
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def _recognize(c: httpx.Client, img: bytes, store: str) -> httpx.Response:

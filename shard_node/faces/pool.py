@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -17,9 +21,20 @@ from storeface.images import ImageLimits, decode_image
 _pipeline: FacePipeline | None = None
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """A worker outlives a SIGKILLed shard otherwise, holding its models' memory forever."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: no such call
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def init_worker(embedder: str, options: dict[str, Any]) -> None:
     """Load the pipeline once in a worker process, pinned to one core."""
     global _pipeline
+    _die_with_parent()
     # One core per worker: the pool, not the libraries, decides the parallelism.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import cv2
