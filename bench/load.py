@@ -15,7 +15,7 @@ Three measurements in one run, on the same photos:
    stores.yaml on free ports): Redis, one store (store-a) with 2 shard replicas, 1 gateway
    replica and nginx, under supervisord. The default topology scaled down to one store:
    with one store there is no cross-store fan-out, so `fanout` is ~0. On this host each
-   replica gets cores ÷ 2 pool workers (deploy.topology.shard_workers). The gallery (first
+   replica gets cores ÷ 2 pool workers (StoresFile.workers_per_replica). The gallery (first
    photo of each lfw_dev person) is enrolled through the front door with the admin key;
    then POST /v1/recognize through nginx at each concurrency level.
 3. The seed design (bench/seed_server.py): one process, face_recognition inline, a faiss

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -42,12 +41,6 @@ def find_binary(name: str) -> str:
         _ensure_executable(binary)
         return str(binary)
     raise FileNotFoundError(name)
-
-
-def shard_workers(cfg: StoresFile) -> int:
-    """Face-pipeline processes per replica: the cores shared by every replica on this host."""
-    replicas = sum(g.replicas for g in cfg.groups() if not g.urls)
-    return max(1, (os.cpu_count() or 1) // replicas)
 
 
 def redis_command(port: int, host: str, directory: Path) -> list[str]:
@@ -92,7 +85,6 @@ def plan(
     programs = [
         Program("redis", redis_command(c.redis_port, c.host, run_dir / "redis"), port=c.redis_port)
     ]
-    workers = shard_workers(cfg)
     for group in cfg.groups():
         if group.urls:  # replicas that run elsewhere
             continue
@@ -114,7 +106,6 @@ def plan(
                     ],
                     {
                         **common,
-                        "STOREFACE_WORKERS": str(workers),
                         # each replica its own snapshot: two writers must never share one
                         "STOREFACE_SNAPSHOT_DIR": str(run_dir / "snapshots" / f"{group.id}-{i}"),
                     },

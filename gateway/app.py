@@ -43,7 +43,7 @@ def create_app(
     """Build a gateway; an invalid stores.yaml or keys file fails here, naming the problem.
 
     `transport` replaces the network under the shard client (tests: in-process shard apps)."""
-    stores = StoreMap(settings.stores_file, settings.shard_proxy)
+    stores = StoreMap(settings.stores_file, settings.shard_proxy, settings.handover_timeout_s)
     keys = KeyRing.from_sources(
         _secret(settings.admin_key), _secret(settings.camera_keys), settings.keys_file
     )
@@ -63,7 +63,9 @@ def create_app(
                 observe=stage_observer(registry, "gateway"),
             )
             _export_counters(gw, registry)
-            watcher = asyncio.create_task(stores.watch(settings.reload_interval_s))
+            watcher = asyncio.create_task(
+                stores.watch(settings.reload_interval_s, confirm=gw.db.is_hosted)
+            )
             try:
                 yield {"gateway": gw}
             finally:

@@ -3,23 +3,76 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from storeface.errors import UnknownStore
 from storeface.stores import NodeGroup, StoreConfig, WatchedStoresFile
 
+Confirm = Callable[[str, str], Awaitable[bool]]  # (store, node group) → serves it?
+
+
+@dataclass
+class _Move:
+    old: NodeGroup  # still serving the store
+    new: str  # the group stores.yaml now names
+    since: float
+
 
 class StoreMap(WatchedStoresFile):
-    """Current routing table: store → node group → where the group's replicas answer."""
+    """Current routing table: store → node group → where the group's replicas answer.
 
-    def __init__(self, path: Path, shard_proxy: str | None = None) -> None:
+    A store moved to another group keeps being routed to its old group until the new one
+    says it serves the store (or `handover_timeout_s` passes): no camera waits for a large
+    store to load at its new place."""
+
+    def __init__(
+        self, path: Path, shard_proxy: str | None = None, handover_timeout_s: float = 600.0
+    ) -> None:
         super().__init__(path)
         self.shard_proxy = shard_proxy.rstrip("/") if shard_proxy else None
+        self.handover_timeout_s = handover_timeout_s
+        self.moving: dict[str, _Move] = {}
 
-    async def watch(self, interval: float) -> None:
+    def check(self) -> bool:
+        before = self.config
+        if not super().check():
+            return False
+        now = time.monotonic()
+        for store in self.config.stores:
+            new = self.config.group_of(store.id)
+            move = self.moving.get(store.id)
+            if move is not None and move.old.id == new.id:  # moved back before it settled
+                del self.moving[store.id]
+            elif move is not None:
+                move.new = new.id
+            elif before.store(store.id) is not None:
+                old = before.group_of(store.id)
+                if old.id != new.id:
+                    self.moving[store.id] = _Move(old, new.id, now)
+        for sid in set(self.moving) - {s.id for s in self.config.stores}:
+            del self.moving[sid]
+        return True
+
+    async def settle(self, confirm: Confirm) -> None:
+        """Route moved stores to their new group once it serves them."""
+        now = time.monotonic()
+        for sid, move in list(self.moving.items()):
+            try:
+                done = await confirm(sid, move.new)
+            except Exception:  # Redis unreachable: keep the old route, ask again
+                done = False
+            if done or now - move.since >= self.handover_timeout_s:
+                self.moving.pop(sid, None)
+
+    async def watch(self, interval: float, confirm: Confirm | None = None) -> None:
         while True:
             await asyncio.sleep(interval)
             self.check()
+            if confirm is not None and self.moving:
+                await self.settle(confirm)
 
     def route(self, store_id: str) -> StoreConfig:
         store = self.config.store(store_id)
@@ -28,6 +81,10 @@ class StoreMap(WatchedStoresFile):
         return store
 
     def group(self, store: StoreConfig) -> NodeGroup:
+        """The group serving a store now: its old one while a move is being handed over."""
+        move = self.moving.get(store.id)
+        if move is not None:
+            return move.old
         try:
             return self.config.group_of(store.id)
         except KeyError:  # the store left stores.yaml while a request for it was running

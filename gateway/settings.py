@@ -26,6 +26,7 @@ class GatewaySettings(BaseSettings):
     fanout_deadline_ms: float = 300.0
     shard_timeout_s: float = 15.0
     reload_interval_s: float = 1.0
+    handover_timeout_s: float = 600.0  # a moved store is routed to its old group until then
     visit_window_s: int = 300  # repeated sightings of a face at a store within it count once
     max_image_bytes: int = MAX_IMAGE_BYTES
     max_faces: int = 10

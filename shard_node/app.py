@@ -35,6 +35,7 @@ def node_options(settings: ShardSettings) -> NodeOptions:
         policy=IndexPolicy(ivf_threshold=settings.ivf_threshold),
         register_lock_s=settings.register_lock_s,
         release_grace_s=settings.release_grace_s,
+        handover_timeout_s=settings.handover_timeout_s,
         load_wait_s=settings.load_wait_s,
         group_index=settings.group_index,
         group_index_min_stores=settings.group_index_min_stores,
@@ -51,7 +52,9 @@ def create_app(settings: ShardSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[ShardState]:
-        async with open_runtime(settings, group) as rt:
+        # Read at start: a replica added later does not restart this one to re-share the cores.
+        workers = settings.workers or stores.config.workers_per_replica()
+        async with open_runtime(settings, group, workers) as rt:
             node = Node(group.id, rt.info, rt.db, rt.pool, stores, node_options(settings), observe)
             registry.register(_VectorsCollector(node))
             warm = asyncio.create_task(rt.pool.warm_up())

@@ -62,7 +62,10 @@ class NodeOptions:
     snapshot_dir: Path | None
     policy: IndexPolicy
     register_lock_s: float
-    release_grace_s: float  # a store that left keeps answering this long (stale gateways)
+    release_grace_s: float  # a store that left keeps answering at least this long
+    # ... and until its new group has it loaded, but no longer than this (a group that
+    # refuses it, or never starts, must not keep the old one holding it forever)
+    handover_timeout_s: float
     load_wait_s: float  # a request for a store still loading waits this long for it
     group_index: str = "auto"  # auto | on | off: keep a GroupIndex for the fan-out
     group_index_min_stores: int = 32
@@ -213,21 +216,49 @@ class Node:
                 log.exception("%s: loading failed; retrying", store.id)
                 await asyncio.sleep(1.0)
         st.ready.set()
+        await self._mark_hosted(store.id)
         if store.gallery:
             self._spawn(self._gallery(st, Path(store.gallery)))
 
-    def _release_due(self) -> None:
+    async def _mark_hosted(self, store_id: str) -> None:
+        """Tell the chain this group serves the store: a move away from its old group
+        completes only once this is said."""
+        while store_id in self.stores:
+            try:
+                await self.db.mark_hosted(store_id, self.node_id)
+                return
+            except Exception:  # Redis restarting: the old group keeps serving meanwhile
+                log.exception("%s: could not mark it hosted; retrying", store_id)
+                await asyncio.sleep(1.0)
+
+    async def _handed_over(self, store_id: str, leaving_at: float) -> bool:
+        """The store's new group (if it has one) serves it, or waiting for that is over."""
+        if time.monotonic() >= leaving_at + self.options.handover_timeout_s:
+            return True
+        try:
+            new = self.stores_file.config.group_of(store_id).id
+        except KeyError:  # no longer in stores.yaml at all: nobody takes it over
+            return True
+        try:
+            return await self.db.is_hosted(store_id, new)
+        except Exception:  # Redis unreachable: keep serving, ask again next time
+            return False
+
+    async def _release_due(self) -> None:
         now = time.monotonic()
         for sid, st in list(self.stores.items()):
-            if st.leaving_at is not None and now >= st.leaving_at:
+            if st.leaving_at is None or now < st.leaving_at:
+                continue
+            if not await self._handed_over(sid, st.leaving_at):
+                continue
+            if self.stores.get(sid) is st and st.leaving_at is not None:
                 del self.stores[sid]
                 if self.group is not None:
                     self.group.drop_store(sid)
                     st.replica.group = None
-                task = asyncio.get_running_loop().create_task(st.replica.release())
+                task = asyncio.get_running_loop().create_task(self._let_go(st))
                 self._releases.add(task)
                 task.add_done_callback(self._releases.discard)
-                log.info("%s: let go by node %s", sid, self.node_id)
         self._keep_group_index()
 
     def _keep_group_index(self) -> None:
@@ -261,7 +292,7 @@ class Node:
             await asyncio.sleep(interval)
             if self.stores_file.check():
                 self.sync(self.stores_file.config)
-            self._release_due()  # and reshapes the group index as it grows
+            await self._release_due()  # and reshapes the group index as it grows
 
     # --- the feeds -----------------------------------------------------------------------
 
@@ -325,8 +356,14 @@ class Node:
         if not task.cancelled() and task.exception() is not None:
             log.error("node %s: task failed", self.node_id, exc_info=task.exception())
 
+    async def _let_go(self, st: StoreState) -> None:
+        await st.replica.release()
+        with contextlib.suppress(Exception):  # Redis down: the mark is only advisory
+            await self.db.unmark_hosted(st.store.id, self.node_id)
+        log.info("%s: let go by node %s", st.store.id, self.node_id)
+
     async def close(self) -> None:
-        leaving = [st.replica.release() for st in self.stores.values() if st.leaving_at]
+        leaving = [self._let_go(st) for st in self.stores.values() if st.leaving_at]
         await asyncio.gather(*self._releases, *leaving, return_exceptions=True)
         for t in list(self._tasks):
             t.cancel()

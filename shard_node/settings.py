@@ -23,7 +23,7 @@ class ShardSettings(BaseSettings):
     replica_name: str = ""
     snapshot_dir: Path | None = Path(".data/snapshots")
     snapshot_interval_s: float = 30.0
-    workers: int = 0  # face-pipeline processes; 0 = one per core
+    workers: int = 0  # face-pipeline processes; 0 = this host's cores ÷ the replicas it runs
     max_image_bytes: int = MAX_IMAGE_BYTES
     max_pixels: int = 40_000_000
     max_side: int = 1600
@@ -34,7 +34,8 @@ class ShardSettings(BaseSettings):
     search_threads: int = 1
     feed_block_ms: int = 500
     reload_interval_s: float = 1.0  # how often stores.yaml is checked for edits
-    release_grace_s: float = 30.0  # a store moved away keeps answering this long
+    release_grace_s: float = 30.0  # a store moved away keeps answering at least this long
+    handover_timeout_s: float = 600.0  # ... and until its new group serves it, up to this
     load_wait_s: float = 10.0  # a request for a store still loading waits this long
     # One more index over all hosted stores for the cross-store search: "auto" keeps one
     # from `group_index_min_stores` stores up (it doubles the vectors' memory; below that

@@ -162,6 +162,18 @@ class FaceDB:
         await self.redis.hsetnx(key, "embedder", embedder)
         return _s(await self.redis.hget(key, "embedder"))
 
+    # --- which node group serves a store (the hand-over when a store moves) ---------------
+
+    async def mark_hosted(self, store_id: str, node_id: str) -> None:
+        """A replica of `node_id` has the store loaded and serves it."""
+        await self.redis.hset(f"store:{store_id}:hosts", node_id, f"{time.time():.3f}")
+
+    async def unmark_hosted(self, store_id: str, node_id: str) -> None:
+        await self.redis.hdel(f"store:{store_id}:hosts", node_id)
+
+    async def is_hosted(self, store_id: str, node_id: str) -> bool:
+        return bool(await self.redis.hexists(f"store:{store_id}:hosts", node_id))
+
     # --- vectors -------------------------------------------------------------------------
 
     async def add_vector(

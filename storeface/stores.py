@@ -7,6 +7,7 @@ A store that names no `node:` is a group of its own, as before node groups exist
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -251,6 +252,12 @@ class StoresFile(BaseModel):
     def group_of(self, store_id: str) -> NodeGroup:
         """The node group hosting a store."""
         return self._groups[self._store_group[store_id]]
+
+    def workers_per_replica(self) -> int:
+        """Face-pipeline processes per shard replica when every replica this file runs
+        locally (groups without `urls`) shares this host's cores."""
+        local = sum(g.replicas for g in self._groups.values() if not g.urls)
+        return max(1, (os.cpu_count() or 1) // max(1, local))
 
     def replica_ports(self, node_id: str) -> list[int]:
         """Ports of a node group's replicas (a store without `node:` is its own group)."""

@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 
 from deploy import compose, nginx
-from deploy.topology import find_binary
-from storeface.stores import load_stores
+from deploy.topology import find_binary, plan
+from storeface.stores import load_stores, parse_stores
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = load_stores(ROOT / "config" / "stores.yaml")
@@ -77,3 +77,17 @@ def test_nginx_has_an_upstream_per_node_group_and_passes_nginx_t(tmp_path: Path)
         check=False,
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_adding_a_group_changes_no_other_program(tmp_path: Path) -> None:
+    """supervisord restarts a program whose command or environment changed: adding a group
+    must leave every other group's replicas exactly as they were."""
+    one = "nodes:\n  - id: n1\n    port: 9200\nstores:\n  - id: a\n    node: n1\n"
+    two = one.replace("stores:", "  - id: n2\n    port: 9300\n    replicas: 3\nstores:") + (
+        "  - id: b\n    node: n2\n"
+    )
+    before = {p.name: p for p in plan(parse_stores(one), tmp_path / "s.yaml", tmp_path, tmp_path)}
+    after = {p.name: p for p in plan(parse_stores(two), tmp_path / "s.yaml", tmp_path, tmp_path)}
+    assert set(after) - set(before) == {"shard-n2-1", "shard-n2-2", "shard-n2-3"}
+    for name, program in before.items():
+        assert (after[name].argv, after[name].env) == (program.argv, program.env), name

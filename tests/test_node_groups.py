@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -269,3 +270,53 @@ def test_a_group_that_is_down_degrades_exactly_its_stores(
             "store-c": False,
             "store-d": False,
         }
+
+
+def test_a_moved_store_is_served_by_its_old_group_until_the_new_one_has_it(
+    tmp_path: Path, redis_server: RedisServer, redis_url: str, faces: Path
+) -> None:
+    """The hand-over: the old group keeps a moved store, and gateways keep routing it there,
+    until the new group says it serves it; here the new group is down at first."""
+    p1, p2 = free_port(), free_port()
+    nodes = [
+        {"id": "n1", "replicas": 1, "urls": [f"http://127.0.0.1:{p1}"]},
+        {"id": "n2", "replicas": 1, "urls": [f"http://127.0.0.1:{p2}"]},
+    ]
+    before = [{"id": "a", "node": "n1"}, {"id": "c", "node": "n2"}]
+    path = _write(tmp_path / "stores.yaml", nodes, before)
+
+    def node(name: str, port: int) -> ShardNode:
+        work = tmp_path / name
+        return ShardNode(
+            name, path, redis_url, work, port=port, reload_interval_s="0.2", release_grace_s="0.3"
+        )
+
+    n2, n1 = node("n2", p2).start(), node("n1", p1)
+    gw = GatewayNode(path, redis_url, tmp_path, admin_key=ADMIN).start()
+    person = "Rebekah_Chantay_Revels"
+    try:
+        with httpx.Client(base_url=gw.url, headers={"X-API-Key": ADMIN}, timeout=60) as c:
+
+            def recognize_at_c() -> httpx.Response:
+                files = {"image": ("q.jpg", photo(faces, person, 3))}
+                return c.post("/v1/recognize", files=files, data={"store_id": "c"})
+
+            r = c.post("/v1/stores/c/faces", files={"image": ("a.jpg", photo(faces, person, 1))})
+            assert r.status_code == 201, r.text
+            face_id = r.json()["face_id"]
+            _write(path, nodes, [{"id": "a", "node": "n1"}, {"id": "c", "node": "n1"}])
+            time.sleep(2.0)  # well past the reload interval and the grace period
+            assert "c" in _hosted(n2.url), "n1 does not serve c yet: n2 keeps it"
+            r = recognize_at_c()  # routed to n2: n1 is not even running
+            assert r.status_code == 200, r.text
+            assert r.json()["faces"][0]["face_id"] == face_id
+            n1.start()
+            wait_until(lambda: "c" not in _hosted(n2.url), 30, what="n2 to hand c over")
+            assert _hosted(n1.url)["c"]["faces"] == 1
+            r = recognize_at_c()
+            assert r.status_code == 200 and r.json()["faces"][0]["face_id"] == face_id
+            assert httpx.get(f"{n1.url}/v1/info").json()["stores"][1]["store_id"] == "c"
+    finally:
+        gw.stop()
+        n1.stop()
+        n2.stop()
