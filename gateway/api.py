@@ -15,6 +15,7 @@ from gateway.deps import Admin, ApiKey, GatewayDep, KeysDep
 from gateway.models import (
     MemberBinding,
     MemberBindingResponse,
+    PhotoEraseResponse,
     RecognizeResponse,
     SearchResponse,
     StatsResponse,
@@ -94,6 +95,7 @@ async def verify(
     response_model=wire.EnrollResponse,
     status_code=201,
     dependencies=[Admin],
+    responses={200: {"model": wire.EnrollResponse, "description": "the face was known"}},
 )
 async def enroll(
     request: Request,
@@ -104,13 +106,46 @@ async def enroll(
     member_id: Annotated[str, Form(max_length=100)] = "",
     face_id: Annotated[int | None, Form(ge=1)] = None,
     largest: Annotated[bool, Form()] = False,
-) -> wire.EnrollResponse:
-    """Enroll a photo's one face into a store (a new FaceId, or another photo of one)."""
+    new_person: Annotated[bool, Form(description="409 if the face is already known")] = False,
+    force: Annotated[bool, Form(description="file under face_id even if far from it")] = False,
+    everywhere: Annotated[bool, Form(description="also look in the fallback stores")] = False,
+    move_member: Annotated[bool, Form(description="take member_id from its FaceId")] = False,
+) -> Response:
+    """Enroll a photo's one face into a store: 201 with a new FaceId, or 200 with the FaceId
+    the face already had (and the distance); a photo filed under a FaceId it does not look
+    like is refused (face_mismatch), as is a member id bound elsewhere (member_taken)."""
     gw.stores.route(store_id)  # an unknown store is refused before the upload is read
     data = await read_upload(image, _limit(request))
-    return await service.enroll(
-        gw, store_id, data, label=label, member_id=member_id, face_id=face_id, largest=largest
+    done = await service.enroll(
+        gw,
+        store_id,
+        data,
+        service.Enrollment(
+            label=label,
+            member_id=member_id,
+            face_id=face_id,
+            largest=largest,
+            new_person=new_person,
+            force=force,
+            everywhere=everywhere,
+            move_member=move_member,
+        ),
     )
+    return model_response(done, 201 if done.created else 200)
+
+
+@router.post("/v1/erase", response_model=PhotoEraseResponse, dependencies=[Admin])
+async def erase_by_photo(
+    request: Request,
+    gw: GatewayDep,
+    image: Image,
+    store_id: Annotated[str | None, Form(description="embed with this store's embedder")] = None,
+    max_distance: Annotated[float | None, Form(gt=0, description="default: strict")] = None,
+) -> PhotoEraseResponse:
+    """Erase by photo: every FaceId, in every store, that matches the photo's largest face
+    under a strict threshold (0.8 × the store's), erased everywhere; answers which."""
+    data = await read_upload(image, _limit(request))
+    return await service.erase_by_photo(gw, data, store_id, max_distance)
 
 
 @router.delete("/v1/faces/{face_id}", response_model=wire.EraseResponse, dependencies=[Admin])

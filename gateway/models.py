@@ -66,12 +66,31 @@ class VerifyResponse(BaseModel):
 class MemberBinding(BaseModel):
     member_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     profile: dict[str, Any] = Field(default_factory=dict)
+    move: bool = Field(
+        default=False,
+        description="take the member id from the FaceId it is bound to (else 409 member_taken)",
+    )
 
 
 class MemberBindingResponse(BaseModel):
     face_id: int
     member_id: str
     bound: bool
+    moved_from: int | None = Field(default=None, description="the FaceId it was taken from")
+
+
+class ErasedFace(BaseModel):
+    face_id: int
+    distance: float = Field(description="from the photo to this FaceId")
+    stores: list[str] = Field(description="the stores it was erased from")
+
+
+class PhotoEraseResponse(BaseModel):
+    erased: list[ErasedFace]
+    max_distance: float = Field(description="the strict threshold used")
+    degraded: list[str] = Field(
+        default_factory=list, description="stores that could not be searched: erase again later"
+    )
 
 
 class DayStats(BaseModel):

@@ -62,12 +62,17 @@ class _Candidate:
 
 
 async def fan_out(
-    gw: Gateway, home: StoreConfig, embeddings: list[list[float]], top_k: int
+    gw: Gateway,
+    home: StoreConfig,
+    embeddings: list[list[float]],
+    top_k: int,
+    stores: list[StoreConfig] | None = None,
 ) -> tuple[list[list[_Candidate]], list[str]]:
-    """Search the other stores under one deadline: one call per node group, concurrently.
+    """Search other stores (the home's fallback stores unless given) under one deadline: one
+    call per node group, concurrently.
 
     Stores whose group failed, was late, or did not have them loaded are `degraded`."""
-    targets = gw.stores.by_group(gw.stores.fallback_targets(home))
+    targets = gw.stores.by_group(gw.stores.fallback_targets(home) if stores is None else stores)
     merged: list[list[_Candidate]] = [[] for _ in embeddings]
     if not targets or not embeddings:
         return merged, []

@@ -41,11 +41,23 @@ async def enroll_image(
     member_id: Annotated[str, Form(max_length=100)] = "",
     kind: Annotated[str, Form(pattern=r"^(gallery|visitor|member)$")] = "gallery",
     largest: Annotated[bool, Form()] = False,
-) -> wire.EnrollResponse:
+    new_person: Annotated[bool, Form()] = False,
+    force: Annotated[bool, Form()] = False,
+) -> Response:
+    """201 with a new FaceId; 200 when the face was known (its FaceId, and the distance)."""
     data = await read_upload(image, state.pool.limits.max_bytes)
-    return await service.enroll_image(
-        state, data, face_id=face_id, label=label, member_id=member_id, kind=kind, largest=largest
+    done = await service.enroll_image(
+        state,
+        data,
+        face_id=face_id,
+        label=label,
+        member_id=member_id,
+        kind=kind,
+        largest=largest,
+        new_person=new_person,
+        force=force,
     )
+    return model_response(done, 201 if done.created else 200)
 
 
 @router.post(

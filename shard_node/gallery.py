@@ -12,6 +12,7 @@ import numpy as np
 
 from shard_node.faces.base import EmbedderInfo, enrollable_face
 from shard_node.faces.pool import FacePool
+from shard_node.index import StoreIndex
 from storeface.errors import StorefaceError
 from storeface.facedb import FaceDB
 
@@ -27,6 +28,8 @@ class IngestReport:
     already: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     faces: dict[str, int] = field(default_factory=dict)  # person → FaceId
+    # people the store already knew under a FaceId (a visitor, an earlier enrollment)
+    known: dict[str, tuple[int, float]] = field(default_factory=dict)  # → (FaceId, distance)
 
     def summary(self) -> str:
         reasons: dict[str, int] = {}
@@ -35,7 +38,8 @@ class IngestReport:
         why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none"
         return (
             f"{self.people} people, {self.added} photos added, {self.already} already "
-            f"ingested, {len(self.skipped)} skipped ({why})"
+            f"ingested, {len(self.skipped)} skipped ({why}), {len(self.known)} people "
+            "already known under a FaceId"
         )
 
 
@@ -59,8 +63,13 @@ async def ingest_folder(
     min_size: int = 0,
     on_added: Callable[[int, int, int, np.ndarray], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    index: StoreIndex | None = None,
+    threshold: float | None = None,
 ) -> IngestReport:
-    """Embed every photo in parallel (the pool's workers) and store it under its person."""
+    """Embed every photo in parallel (the pool's workers) and store it under its person.
+
+    With the store's `index`, a person whose first photo matches a FaceId the store already
+    has (under `threshold`) joins that FaceId instead of getting a second one."""
     people = photos_by_person(folder)
     report = IngestReport(people=len(people))
     limit = asyncio.Semaphore(pool.workers * 2)
@@ -88,6 +97,13 @@ async def ingest_folder(
             return
         async with person_locks[person]:  # the person's first photo makes the FaceId
             face_id = await db.gallery_face(store_id, person)
+            if face_id is None and person not in report.known:
+                known = await _known_face(db, index, face.embedding, threshold or info.threshold)
+                if known is not None:
+                    report.known[person] = known
+                    face_id = known[0]
+                    await db.set_gallery_face(store_id, person, face_id)
+                    await db.label_if_unlabelled(face_id, person)
             created = face_id is None
             if face_id is None:
                 face_id = await db.new_face_id()
@@ -113,3 +129,16 @@ async def ingest_folder(
 
     await asyncio.gather(*(one(person, p) for person, ps in people.items() for p in ps))
     return report
+
+
+async def _known_face(
+    db: FaceDB, index: StoreIndex | None, embedding: np.ndarray, threshold: float
+) -> tuple[int, float] | None:
+    """The live FaceId nearest to an embedding in the store, if under the threshold."""
+    if index is None:
+        return None
+    found = index.search(embedding[None, :], 1)[0]
+    if not found or found[0].distance > threshold:
+        return None
+    best = found[0]
+    return (best.face_id, round(best.distance, 6)) if await db.get_face(best.face_id) else None

@@ -383,6 +383,8 @@ class Node:
                 folder,
                 min_size=st.store.min_face_size,
                 on_added=st.replica.apply_local_add,
+                index=st.replica.index,
+                threshold=st.threshold,
             )
             log.info("%s: gallery %s: %s", st.store.id, folder, report.summary())
         except Exception:

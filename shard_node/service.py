@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from typing import Any
 
 import numpy as np
 
@@ -11,7 +12,8 @@ from shard_node.faces.base import Face, enrollable_face
 from shard_node.index import Match as IndexMatch
 from shard_node.node import Node, StoreState
 from storeface import wire
-from storeface.errors import FaceNotFound
+from storeface.distances import distances
+from storeface.errors import AlreadyEnrolled, FaceMismatch, FaceNotFound
 from storeface.facedb import FaceDB
 
 ERASED_SLACK = 2
@@ -133,8 +135,15 @@ async def enroll_image(
     member_id: str,
     kind: str,
     largest: bool = False,
+    new_person: bool = False,
+    force: bool = False,
 ) -> wire.EnrollResponse:
-    """Enroll the one face of a photo; the same photo twice is a no-op (by content hash)."""
+    """Enroll the one face of a photo; the same photo twice is a no-op (by content hash).
+
+    Without `face_id`, a face the store already knows (under its threshold) is answered with
+    that FaceId, `created: false` and the distance, and the photo joins it — or, with
+    `new_person`, refused as already_enrolled. With `face_id`, a photo far from that face is
+    refused as face_mismatch unless `force`."""
     state.require_ready()
     photo_sha = hashlib.sha256(image).hexdigest()
     known = await state.db.photo_face(state.store.id, photo_sha)
@@ -142,15 +151,75 @@ async def enroll_image(
         return wire.EnrollResponse(face_id=known, vec_id=0, created=False, duplicate=True)
     analysis = await state.pool.analyze(image)
     face = enrollable_face(analysis.faces, state.store.min_face_size, largest)
-    return await _store(
-        state,
-        face.embedding,
-        face_id=face_id,
-        label=label,
-        member_id=member_id,
-        kind=kind,
-        photo_sha=photo_sha,
+    vec = state.replica.index.prepare(face.embedding)[0]
+    if face_id is not None:
+        distance = None if force else await _check_same_face(state, vec, face_id)
+        stored = await _store(
+            state, vec, face_id=face_id, label="", member_id="", kind=kind, photo_sha=photo_sha
+        )
+        return stored.model_copy(update={"distance": distance})
+    async with _registration(state):
+        best = await _nearest_known(state, vec)
+        if best is None:
+            return await _store(
+                state,
+                vec,
+                face_id=None,
+                label=label,
+                member_id=member_id,
+                kind=kind,
+                photo_sha=photo_sha,
+            )
+        if new_person:
+            raise AlreadyEnrolled(
+                f"this face is FaceId {best.face_id} (distance {best.distance:.3f})",
+                face_id=best.face_id,
+                distance=best.distance,
+                label=best.label,
+            )
+        stored = await _store(
+            state, vec, face_id=best.face_id, label="", member_id="", kind=kind, photo_sha=photo_sha
+        )
+        return stored.model_copy(update={"created": False, "distance": best.distance})
+
+
+async def _check_same_face(state: StoreState, vec: np.ndarray, face_id: int) -> float | None:
+    """The distance from a photo to the face it is filed under; too far is face_mismatch."""
+    stored = await state.db.face_vectors(face_id, state.replica.info.name)
+    if stored is None:
+        raise FaceNotFound(face_id=face_id)
+    if not len(stored):
+        return None  # nothing to compare with (another embedder's face): take it as said
+    dist = round(float(distances(vec[None, :], stored, state.replica.info.metric).min()), 6)
+    if dist > state.threshold:
+        raise FaceMismatch(
+            f"the photo is {dist:.3f} from FaceId {face_id}; the threshold is "
+            f"{state.threshold:.3f} (send force=true if it is the same person)",
+            face_id=face_id,
+            distance=dist,
+            threshold=state.threshold,
+        )
+    return dist
+
+
+def _registration(state: StoreState) -> Any:
+    """The store's lock for making FaceIds: two cameras seeing one new person make one."""
+    return state.db.redis.lock(
+        f"lock:register:{state.store.id}",
+        timeout=state.register_lock_s,
+        blocking_timeout=state.register_lock_s * 2,
     )
+
+
+async def _nearest_known(
+    state: StoreState, vec: np.ndarray, threshold: float | None = None
+) -> wire.Match | None:
+    """The nearest live face under the threshold, after catching up on the feed."""
+    await state.replica.catch_up()
+    found = state.replica.index.search(vec[None, :], 1)
+    rows = await _labelled(state.db, _tagged(found, state.store.id))
+    limit = state.threshold if threshold is None else threshold
+    return rows[0][0] if rows[0] and rows[0][0].distance <= limit else None
 
 
 async def enroll_embedding(
@@ -181,19 +250,10 @@ async def enroll_embedding(
 async def register(state: StoreState, req: wire.RegisterRequest) -> wire.EnrollResponse:
     """The FaceId of whoever lies within `threshold`, else a new one: safe to retry."""
     state.require_ready()
-    vec = np.asarray(req.embedding, dtype=np.float32)
-    # Two cameras (or gateways) may see the same new person at once: one FaceId, not two.
-    lock = state.db.redis.lock(
-        f"lock:register:{state.store.id}",
-        timeout=state.register_lock_s,
-        blocking_timeout=state.register_lock_s * 2,
-    )
-    async with lock:
-        await state.replica.catch_up()
-        found = state.replica.index.search(vec[None, :], 1)
-        rows = await _labelled(state.db, _tagged(found, state.store.id))
-        if rows[0] and rows[0][0].distance <= req.threshold:
-            best = rows[0][0]
+    vec = state.replica.index.prepare(np.asarray(req.embedding, dtype=np.float32))[0]
+    async with _registration(state):
+        best = await _nearest_known(state, vec, req.threshold)
+        if best is not None:
             return wire.EnrollResponse(
                 face_id=best.face_id, vec_id=0, created=False, distance=best.distance
             )

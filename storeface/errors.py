@@ -146,6 +146,21 @@ class EmbedderMismatch(Conflict):
     default_message = "the store's index was built with another embedder"
 
 
+class AlreadyEnrolled(Conflict):
+    code = "already_enrolled"
+    default_message = "this face is already enrolled under another FaceId"
+
+
+class FaceMismatch(Conflict):
+    code = "face_mismatch"
+    default_message = "the photo does not look like the FaceId it is filed under"
+
+
+class MemberTaken(Conflict):
+    code = "member_taken"
+    default_message = "the member id is bound to another FaceId"
+
+
 # --- 5xx: our side -------------------------------------------------------------------------
 
 

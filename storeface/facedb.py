@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from redis.asyncio import Redis
 
-from storeface.errors import FaceNotFound, MemberNotBound
+from storeface.errors import FaceNotFound, MemberNotBound, MemberTaken
 
 FEED_MAXLEN = 1_000_000
 
@@ -78,6 +78,27 @@ local member = redis.call('HGET', KEYS[1], 'member_id')
 if member and member ~= '' then redis.call('DEL', 'member:' .. member) end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return {existed, stores}
+"""
+
+
+_BIND_MEMBER = """
+-- KEYS: face:{fid}, member:{mid}   ARGV: fid, mid, profile json, move (1/0)
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('FACE_NOT_FOUND') end
+local other = redis.call('HGET', KEYS[2], 'face_id')
+local moved = false
+if other and other ~= ARGV[1] then
+  if ARGV[4] ~= '1' then return redis.error_reply('MEMBER_TAKEN:' .. other) end
+  redis.call('HSET', 'face:' .. other, 'member_id', '', 'kind', 'visitor')
+  moved = other
+end
+local previous = redis.call('HGET', KEYS[1], 'member_id')
+if previous and previous ~= '' and previous ~= ARGV[2] then
+  redis.call('DEL', 'member:' .. previous)
+end
+redis.call('HSET', KEYS[1], 'member_id', ARGV[2], 'kind', 'member')
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'face_id', ARGV[1], 'profile', ARGV[3])
+return moved
 """
 
 
@@ -147,6 +168,7 @@ class FaceDB:
         self.feed_maxlen = feed_maxlen
         self._add = redis.register_script(_ADD_VECTOR)
         self._erase = redis.register_script(_ERASE_FACE)
+        self._bind = redis.register_script(_BIND_MEMBER)
 
     # --- ids -----------------------------------------------------------------------------
 
@@ -229,6 +251,26 @@ class FaceDB:
             duplicate=int(vid) == 0,
         )
 
+    async def face_vectors(self, face_id: int, embedder: str) -> np.ndarray | None:
+        """Every stored vector of a face made by `embedder` (any store); None: no such face."""
+        if not await self.redis.exists(f"face:{face_id}"):
+            return None
+        entries = [_s(e).rsplit(":", 1) for e in await self.redis.smembers(f"face:{face_id}:vecs")]
+        stores = sorted({sid for sid, _ in entries})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in stores:
+                pipe.hget(f"store:{sid}:meta", "embedder")
+            made_by = dict(
+                zip(stores, [_s(e) if e else "" for e in await pipe.execute()], strict=True)
+            )
+        wanted = [(sid, vid) for sid, vid in entries if made_by.get(sid) == embedder]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid, vid in wanted:
+                pipe.hget(f"store:{sid}:vec", vid)
+            raws = await pipe.execute()
+        vecs = [np.frombuffer(raw.partition(b"|")[2], dtype=np.float32) for raw in raws if raw]
+        return np.vstack(vecs) if vecs else np.zeros((0, 0), np.float32)
+
     async def photo_face(self, store_id: str, photo_sha: str) -> int | None:
         raw = await self.redis.hget(f"store:{store_id}:photo", photo_sha)
         return int(raw) if raw else None
@@ -255,6 +297,11 @@ class FaceDB:
         """The FaceId a store's gallery gave this person's folder, if any."""
         raw = await self.redis.hget(f"store:{store_id}:gallery", label)
         return int(raw) if raw else None
+
+    async def label_if_unlabelled(self, face_id: int, label: str) -> None:
+        """Name a face that has no label yet (a visitor found to be a gallery person)."""
+        if not await self.redis.hget(f"face:{face_id}", "label"):
+            await self.redis.hset(f"face:{face_id}", "label", label)
 
     async def set_gallery_face(self, store_id: str, label: str, face_id: int) -> None:
         await self.redis.hset(f"store:{store_id}:gallery", label, face_id)
@@ -338,23 +385,35 @@ class FaceDB:
 
     # --- members -------------------------------------------------------------------------
 
-    async def bind_member(self, face_id: int, member_id: str, profile: dict[str, Any]) -> None:
-        """Bind a member id (and profile) to a face; a member has one face at a time."""
-        record = await self.get_face(face_id)
-        if record is None:
-            raise FaceNotFound(face_id=face_id)
-        old_face = await self.redis.hget(f"member:{member_id}", "face_id")
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if old_face and int(old_face) != face_id:
-                pipe.hset(f"face:{int(old_face)}", "member_id", "")
-            if record.member_id and record.member_id != member_id:
-                pipe.delete(f"member:{record.member_id}")
-            pipe.hset(f"face:{face_id}", mapping={"member_id": member_id, "kind": "member"})
-            pipe.delete(f"member:{member_id}")
-            pipe.hset(
-                f"member:{member_id}", mapping={"face_id": face_id, "profile": json.dumps(profile)}
+    async def bind_member(
+        self, face_id: int, member_id: str, profile: dict[str, Any], move: bool = False
+    ) -> int | None:
+        """Bind a member id (and profile) to a face: a member has one face, a face one member.
+
+        A member bound to another face is a MemberTaken unless `move`, which unbinds it there;
+        returns the face it was moved from, if any. One script: two binds cannot interleave."""
+        try:
+            moved = await self._bind(
+                keys=[f"face:{face_id}", f"member:{member_id}"],
+                args=[face_id, member_id, json.dumps(profile), "1" if move else "0"],
             )
-            await pipe.execute()
+        except Exception as exc:
+            text = str(exc)
+            if "FACE_NOT_FOUND" in text:
+                raise FaceNotFound(face_id=face_id) from exc
+            if "MEMBER_TAKEN" in text:
+                other = int(text.rsplit(":", 1)[1].strip())
+                raise MemberTaken(
+                    f"member {member_id} is bound to FaceId {other}; move it explicitly",
+                    member_id=member_id,
+                    face_id=other,
+                ) from exc
+            raise
+        return int(moved) if moved else None
+
+    async def member_face(self, member_id: str) -> int | None:
+        raw = await self.redis.hget(f"member:{member_id}", "face_id")
+        return int(raw) if raw else None
 
     async def unbind_member(self, face_id: int) -> str:
         record = await self.get_face(face_id)

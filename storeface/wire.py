@@ -99,7 +99,14 @@ class EnrollResponse(BaseModel):
     created: bool = Field(description="a new FaceId was made")
     duplicate: bool = Field(default=False, description="this exact photo was already enrolled")
     distance: float | None = Field(
-        default=None, description="when an existing face was returned instead"
+        default=None,
+        description="how far the photo is from the FaceId it joined (an existing face)",
+    )
+    matched_store: str | None = Field(
+        default=None, description="the store where the existing face was found"
+    )
+    member_moved_from: int | None = Field(
+        default=None, description="the FaceId the member id was taken from (move_member)"
     )
 
 

@@ -6,43 +6,17 @@ httpx.MockTransport. No server process starts: this is the fast loop (`make test
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
 import redis as redis_lib
-import yaml
-from asgi_lifespan import LifespanManager
 
-from gateway.app import create_app as create_gateway
-from gateway.settings import GatewaySettings
-from shard_node.app import create_app as create_shard
-from shard_node.settings import ShardSettings
 from tests.conftest import photo
+from tests.inprocess import InProcess, in_process
 from tests.support import RedisServer
 
-ADMIN = "in-process-admin"
 NODES = {"n1": ["store-a", "store-b"], "n2": ["store-c"]}
-
-
-class Router(httpx.AsyncBaseTransport):
-    """Sends each request to the transport of its host: one in-process app per node group."""
-
-    def __init__(self, routes: dict[str, httpx.AsyncBaseTransport]) -> None:
-        self.routes = routes
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self.routes[request.url.host].handle_async_request(request)
-
-
-@dataclass
-class InProcess:
-    gateway: httpx.AsyncClient
-    router: Router
-    shards: dict[str, httpx.AsyncBaseTransport]
 
 
 @pytest.fixture(scope="module")
@@ -55,53 +29,8 @@ async def apps(
     tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
 ) -> AsyncIterator[InProcess]:
     redis_lib.Redis(port=redis_server.port).flushall()
-    work = tmp_path_factory.mktemp("inprocess")
-    stores_file = work / "stores.yaml"
-    doc = {
-        "nodes": [{"id": n, "replicas": 1, "urls": [f"http://{n}"]} for n in NODES],
-        "stores": [
-            {"id": s, "node": n, "region": "north"} for n, stores in NODES.items() for s in stores
-        ],
-    }
-    stores_file.write_text(yaml.safe_dump(doc, sort_keys=False))
-    async with AsyncExitStack() as stack:
-        shards: dict[str, httpx.AsyncBaseTransport] = {}
-        for node in NODES:
-            settings = ShardSettings(
-                node_id=node,
-                stores_file=stores_file,
-                redis_url=redis_server.url,
-                workers=1,
-                snapshot_dir=work / node,
-                feed_block_ms=100,
-            )
-            manager = await stack.enter_async_context(LifespanManager(create_shard(settings)))
-            shards[node] = httpx.ASGITransport(app=manager.app)
-        for transport in shards.values():  # ready: every store loaded, workers up
-            async with httpx.AsyncClient(transport=transport, base_url="http://n") as c:
-                for _ in range(600):
-                    if (await c.get("/readyz")).status_code == 200:
-                        break
-                    await anyio.sleep(0.1)
-        router = Router(dict(shards))
-        gw_settings = GatewaySettings(
-            stores_file=stores_file,
-            redis_url=redis_server.url,
-            admin_key=ADMIN,
-            fanout_deadline_ms=2000,
-        )
-        gateway = await stack.enter_async_context(
-            LifespanManager(create_gateway(gw_settings, transport=router))
-        )
-        client = await stack.enter_async_context(
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=gateway.app),
-                base_url="http://gateway",
-                headers={"X-API-Key": ADMIN},
-                timeout=60,
-            )
-        )
-        yield InProcess(client, router, shards)
+    async with in_process(tmp_path_factory.mktemp("inprocess"), redis_server.url, NODES) as apps:
+        yield apps
 
 
 async def _recognize(c: httpx.AsyncClient, store: str, image: bytes) -> httpx.Response:

@@ -92,7 +92,8 @@ def test_identify_real_photos_over_http(shard: ShardNode, faces: Path) -> None:
                 files={"image": ("a.jpg", photo(faces, p, 1))},
                 data={"label": p},
             )
-            assert r.status_code == 201, r.text
+            # the first test enrolled these people's embeddings: the store answers with them
+            assert r.status_code in (200, 201), r.text
             ids[p] = r.json()["face_id"]
         hits = 0
         for p in people:

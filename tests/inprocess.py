@@ -1,0 +1,89 @@
+"""The gateway and node groups built in this process by their app factories, the gateway's
+shard client routed to the shard apps over ASGI. Real Redis, real pipelines, no server
+processes: what `make test-fast` tests through."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx
+import yaml
+from asgi_lifespan import LifespanManager
+
+from gateway.app import create_app as create_gateway
+from gateway.settings import GatewaySettings
+from shard_node.app import create_app as create_shard
+from shard_node.settings import ShardSettings
+
+ADMIN = "in-process-admin"
+
+
+class Router(httpx.AsyncBaseTransport):
+    """Sends each request to the transport of its host: one in-process app per node group."""
+
+    def __init__(self, routes: dict[str, httpx.AsyncBaseTransport]) -> None:
+        self.routes = routes
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.routes[request.url.host].handle_async_request(request)
+
+
+@dataclass
+class InProcess:
+    gateway: httpx.AsyncClient  # with the admin key
+    router: Router  # swap a group's transport to inject faults
+    shards: dict[str, httpx.AsyncBaseTransport]
+
+
+@asynccontextmanager
+async def in_process(
+    work: Path, redis_url: str, nodes: dict[str, list[str]], region: str = "north"
+) -> AsyncIterator[InProcess]:
+    """Node groups (id → its stores) and a gateway, all in this process, ready to serve."""
+    stores_file = work / "stores.yaml"
+    doc = {
+        "nodes": [{"id": n, "replicas": 1, "urls": [f"http://{n}"]} for n in nodes],
+        "stores": [
+            {"id": s, "node": n, "region": region} for n, stores in nodes.items() for s in stores
+        ],
+    }
+    stores_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    async with AsyncExitStack() as stack:
+        shards: dict[str, httpx.AsyncBaseTransport] = {}
+        for node in nodes:
+            settings = ShardSettings(
+                node_id=node,
+                stores_file=stores_file,
+                redis_url=redis_url,
+                workers=1,
+                snapshot_dir=work / node,
+                feed_block_ms=100,
+            )
+            manager = await stack.enter_async_context(LifespanManager(create_shard(settings)))
+            shards[node] = httpx.ASGITransport(app=manager.app)
+        for transport in shards.values():  # ready: every store loaded, workers up
+            async with httpx.AsyncClient(transport=transport, base_url="http://n") as c:
+                for _ in range(600):
+                    if (await c.get("/readyz")).status_code == 200:
+                        break
+                    await anyio.sleep(0.1)
+        router = Router(dict(shards))
+        gw_settings = GatewaySettings(
+            stores_file=stores_file, redis_url=redis_url, admin_key=ADMIN, fanout_deadline_ms=2000
+        )
+        gateway = await stack.enter_async_context(
+            LifespanManager(create_gateway(gw_settings, transport=router))
+        )
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=gateway.app),
+                base_url="http://gateway",
+                headers={"X-API-Key": ADMIN},
+                timeout=60,
+            )
+        )
+        yield InProcess(client, router, shards)

@@ -1,0 +1,223 @@
+"""One person, one FaceId: enrollment that knows who it has, members bound once, erase by
+photo. In-process apps over ASGI (tests/inprocess.py), real Redis, real photos."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis as redis_lib
+from PIL import Image
+from redis.asyncio import Redis
+
+from shard_node.faces.pool import FacePool
+from shard_node.faces.registry import embedder_info
+from shard_node.gallery import ingest_folder
+from shard_node.index import StoreIndex
+from storeface.facedb import FaceDB
+from tests.conftest import photo
+from tests.inprocess import InProcess, in_process
+from tests.support import RedisServer
+
+NODES = {"n1": ["store-a", "store-b"], "n2": ["store-c"]}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def apps(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[InProcess]:
+    """A fresh chain for each test: what one test enrolls cannot answer another's."""
+    redis_lib.Redis(port=redis_server.port).flushall()
+    async with in_process(tmp_path, redis_server.url, NODES) as apps:
+        yield apps
+
+
+def reencoded(data: bytes, quality: int = 70) -> bytes:
+    """The same photo saved again: other bytes, (almost) the same face."""
+    out = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+async def enroll(apps: InProcess, store: str, image: bytes, **form: str) -> httpx.Response:
+    return await apps.gateway.post(
+        f"/v1/stores/{store}/faces", files={"image": ("p.jpg", image)}, data=form
+    )
+
+
+async def recognize(apps: InProcess, store: str, image: bytes) -> dict:
+    r = await apps.gateway.post(
+        "/v1/recognize", files={"image": ("q.jpg", image)}, data={"store_id": store}
+    )
+    assert r.status_code == 200, r.text
+    return dict(r.json()["faces"][0])
+
+
+@pytest.mark.anyio
+async def test_enrolling_a_known_face_answers_its_face_id(apps: InProcess, faces: Path) -> None:
+    clooney = photo(faces, "George_Clooney", 1)
+    visitor = await recognize(apps, "store-a", clooney)
+    assert visitor["is_new"] is True
+    # the same photo, and a re-encoded copy, enrolled afterwards: the visitor's FaceId
+    for image in (clooney, reencoded(clooney)):
+        r = await enroll(apps, "store-a", image, label="George_Clooney")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["face_id"], body["created"]) == (visitor["face_id"], False)
+        assert body["distance"] is not None and body["distance"] < 0.2
+        assert body["matched_store"] == "store-a"
+    # asked for a new person explicitly: a clear 409 naming who it is
+    r = await enroll(apps, "store-a", reencoded(clooney, 50), new_person="true")
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["code"] == "already_enrolled"
+    assert r.json()["error"]["details"]["face_id"] == visitor["face_id"]
+
+
+@pytest.mark.anyio
+async def test_everywhere_finds_the_face_in_another_group(apps: InProcess, faces: Path) -> None:
+    first = await enroll(apps, "store-a", photo(faces, "Rebekah_Chantay_Revels", 1))
+    assert first.status_code == 201, first.text
+    again = photo(faces, "Rebekah_Chantay_Revels", 1)
+    # store-c (another node group) alone does not know her: a new FaceId without the option
+    r = await enroll(apps, "store-c", reencoded(again), everywhere="true")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["face_id"], body["created"], body["matched_store"]) == (
+        first.json()["face_id"],
+        False,
+        "store-a",
+    )
+    erased = await apps.gateway.delete(f"/v1/faces/{body['face_id']}")
+    assert sorted(erased.json()["stores"]) == ["store-a", "store-c"]
+
+
+@pytest.mark.anyio
+async def test_a_photo_filed_under_someone_else_is_refused(apps: InProcess, faces: Path) -> None:
+    tom = await enroll(apps, "store-a", photo(faces, "Juanes", 1), label="Juanes")
+    assert tom.status_code == 201
+    fid = tom.json()["face_id"]
+    wrong = await enroll(apps, "store-a", photo(faces, "George_Clooney", 1), face_id=str(fid))
+    assert wrong.status_code == 409, wrong.text
+    err = wrong.json()["error"]
+    assert (
+        err["code"] == "face_mismatch" and err["details"]["distance"] > err["details"]["threshold"]
+    )
+    # the index did not take it: Clooney is still nobody's
+    assert (await recognize(apps, "store-b", photo(faces, "George_Clooney", 1)))["is_new"] is True
+    # the same person's other photo is taken, with its distance
+    same = await enroll(apps, "store-a", reencoded(photo(faces, "Juanes", 1)), face_id=str(fid))
+    assert same.status_code == 200 and same.json()["distance"] < 0.2
+    forced = await enroll(
+        apps, "store-a", photo(faces, "Mark_Gottfried", 1), face_id=str(fid), force="true"
+    )
+    assert forced.status_code == 200 and forced.json()["face_id"] == fid
+
+
+@pytest.mark.anyio
+async def test_a_member_is_bound_to_one_face_at_a_time(apps: InProcess, faces: Path) -> None:
+    a = await enroll(apps, "store-a", photo(faces, "Juanes", 1), member_id="M-77")
+    assert a.status_code == 201, a.text
+    fa = a.json()["face_id"]
+    b = await enroll(apps, "store-a", photo(faces, "George_Clooney", 1), member_id="M-77")
+    assert b.status_code == 409 and b.json()["error"]["code"] == "member_taken"
+    assert b.json()["error"]["details"]["face_id"] == fa
+    moved = await enroll(
+        apps, "store-a", photo(faces, "George_Clooney", 1), member_id="M-77", move_member="true"
+    )
+    assert moved.status_code == 201, moved.text
+    fb = moved.json()["face_id"]
+    assert moved.json()["member_moved_from"] == fa
+    seen = await recognize(apps, "store-a", photo(faces, "Juanes", 1))
+    assert seen["face_id"] == fa and seen["member"] is None and seen["kind"] == "visitor"
+    seen = await recognize(apps, "store-a", photo(faces, "George_Clooney", 1))
+    assert seen["face_id"] == fb and seen["member"]["member_id"] == "M-77"
+    # binding by hand: the same rule
+    r = await apps.gateway.put(f"/v1/faces/{fa}/member", json={"member_id": "M-77"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "member_taken"
+    r = await apps.gateway.put(f"/v1/faces/{fa}/member", json={"member_id": "M-77", "move": True})
+    assert r.status_code == 200 and r.json()["moved_from"] == fb
+
+
+@pytest.mark.anyio
+async def test_erase_by_photo_forgets_every_face_id_of_the_person(
+    apps: InProcess, faces: Path
+) -> None:
+    person = "Rebekah_Chantay_Revels"
+    enrolled = await enroll(apps, "store-a", photo(faces, person, 1), label=person)
+    assert enrolled.status_code == 201
+    other = await enroll(apps, "store-b", photo(faces, "Juanes", 1), label="Juanes")
+    # the same person under a second FaceId in another group, as older data may hold
+    async with httpx.AsyncClient(transport=apps.shards["n1"], base_url="http://n1") as n1:
+        ident = await n1.post(
+            "/v1/stores/store-a/identify", files={"image": ("p.jpg", photo(faces, person, 1))}
+        )
+        embedding = ident.json()["faces"][0]["embedding"]
+    async with httpx.AsyncClient(transport=apps.shards["n2"], base_url="http://n2") as n2:
+        dup = await n2.post("/v1/stores/store-c/faces/embedding", json={"embedding": embedding})
+    assert dup.status_code == 201
+    ids = {enrolled.json()["face_id"], dup.json()["face_id"]}
+    assert len(ids) == 2
+    r = await apps.gateway.post(
+        "/v1/erase", files={"image": ("p.jpg", reencoded(photo(faces, person, 1)))}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert {e["face_id"] for e in body["erased"]} == ids
+    assert all(e["distance"] <= body["max_distance"] for e in body["erased"])
+    assert sorted(s for e in body["erased"] for s in e["stores"]) == ["store-a", "store-c"]
+    # forgotten everywhere; someone else is untouched
+    assert (await recognize(apps, "store-b", photo(faces, person, 1)))["face_id"] not in ids
+    juanes = await recognize(apps, "store-b", photo(faces, "Juanes", 1))
+    assert juanes["face_id"] == other.json()["face_id"]
+    # a photo of nobody known: a clear 404, nothing erased
+    r = await apps.gateway.post(
+        "/v1/erase", files={"image": ("x.jpg", photo(faces, "Mark_Gottfried", 1))}
+    )
+    assert r.status_code == 404 and r.json()["error"]["code"] == "face_not_found"
+
+
+@pytest.mark.anyio
+async def test_folder_ingest_joins_a_face_the_store_already_has(
+    apps: InProcess, faces: Path, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A gallery folder whose person already visited: the visitor's FaceId, now labelled."""
+    visitor = await recognize(apps, "store-a", photo(faces, "Juanes", 1))
+    folder = tmp_path / "gallery"
+    for person in ("Juanes", "Mary_Carey"):
+        (folder / person).mkdir(parents=True)
+        for n in (1, 2):
+            name = f"{person}_{n:04d}.jpg"
+            (folder / person / name).symlink_to(faces / "lfw_dev" / person / name)
+    redis = Redis.from_url(redis_server.url)
+    db = FaceDB(redis)
+    info = embedder_info("dlib")
+    index = StoreIndex(info.dim, info.metric, info.name)
+    async for vids, fids, embs in db.scan_vectors("store-a"):
+        index.add(vids, fids, embs)
+    pool = FacePool("dlib", workers=1)
+    try:
+        report = await ingest_folder(
+            db,
+            pool,
+            "store-a",
+            info,
+            folder,
+            index=index,
+            threshold=info.threshold,
+            on_added=lambda gen, vid, fid, emb: index.add([vid], [fid], emb),
+        )
+        assert report.known["Juanes"][0] == visitor["face_id"]
+        assert report.faces["Juanes"] == visitor["face_id"]
+        assert report.faces["Mary_Carey"] != visitor["face_id"]
+        assert "1 people already known" in report.summary()
+        record = await db.get_face(visitor["face_id"])
+        assert record is not None and record.label == "Juanes"
+    finally:
+        pool.close()
+        await redis.aclose()
