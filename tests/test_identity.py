@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import redis as redis_lib
 from PIL import Image
@@ -210,7 +211,7 @@ async def test_folder_ingest_joins_a_face_the_store_already_has(
             folder,
             index=index,
             threshold=info.threshold,
-            on_added=lambda gen, vid, fid, emb: index.add([vid], [fid], emb),
+            on_added=lambda gen, vid, fid, emb: _add(index, vid, fid, emb),
         )
         assert report.known["Juanes"][0] == visitor["face_id"]
         assert report.faces["Juanes"] == visitor["face_id"]
@@ -221,3 +222,7 @@ async def test_folder_ingest_joins_a_face_the_store_already_has(
     finally:
         pool.close()
         await redis.aclose()
+
+
+def _add(index: StoreIndex, vec_id: int, face_id: int, embedding: np.ndarray) -> None:
+    index.add([vec_id], [face_id], embedding)
