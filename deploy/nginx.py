@@ -69,6 +69,18 @@ def render(
             proxy_next_upstream_tries 3;
         }}""")
     gw_servers = "\n".join(f"        server {a} max_fails=1 fail_timeout=5s;" for a in gateways)
+    # Counters are per process: behind a balancer, scrapes would alternate between gateways
+    # (and read as resets), so each gateway has its own path and /metrics says so.
+    metric_paths = [f"/metrics/gateway-{i}" for i in range(1, len(gateways) + 1)]
+    per_gateway = "\n".join(
+        f"        location = {path} {{ proxy_pass http://{addr}/metrics; }}"
+        for path, addr in zip(metric_paths, gateways, strict=True)
+    )
+    no_mix = (
+        '{"error":{"code":"not_found","message":"metrics are per gateway: scrape '
+        + ", ".join(metric_paths)
+        + '"}}'
+    )
     return f"""# Generated from stores.yaml by `python -m deploy.nginx`; do not edit by hand.
 worker_processes 1;
 error_log stderr warn;
@@ -110,6 +122,11 @@ http {{
             proxy_next_upstream error timeout http_502 http_503 http_504;
             proxy_next_upstream_tries 2;
         }}
+        location = /metrics {{
+            default_type application/json;
+            return 404 '{no_mix}';
+        }}
+{per_gateway}
         location ~ {FRONT_RETRYABLE} {{
             proxy_pass http://gateway;
             proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;

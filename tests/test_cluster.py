@@ -81,6 +81,13 @@ def test_end_to_end_through_nginx(cluster: LocalCluster, faces: Path) -> None:
         stats = c.get("/v1/stores/store-a/stats").json()["days"][0]
         assert stats["pv"] == 1 and stats["uv"] == 1
         assert c.get("/docs").status_code == 200
+        # each gateway's own counters, never two processes' mixed behind the balancer
+        scraped = [c.get("/metrics/gateway-1") for _ in range(3)]
+        assert all(r.status_code == 200 for r in scraped)
+        counts = [_requests_counted(r.text) for r in scraped]
+        assert counts == sorted(counts) and counts[-1] > counts[0], counts
+        mixed = c.get("/metrics")
+        assert mixed.status_code == 404 and "/metrics/gateway-1" in mixed.json()["error"]["message"]
         huge = c.post(
             "/v1/recognize",
             files={"image": ("h.jpg", b"\xff" * 11_000_000)},
@@ -128,6 +135,15 @@ def test_killing_a_replica_fails_no_request(cluster: LocalCluster, faces: Path) 
         lambda: cluster.program_pid("shard-node-1-1") not in (0, victim),
         60,
         what="replica restarted",
+    )
+
+
+def _requests_counted(metrics: str) -> float:
+    """Requests a gateway has timed, from its Prometheus text."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("storeface_http_request_seconds_count")
     )
 
 

@@ -65,6 +65,14 @@ def test_nginx_has_an_upstream_per_node_group_and_passes_nginx_t(tmp_path: Path)
         assert f"location /{group.id}/" in conf
     assert len(re.findall(r"\bupstream node_", conf)) == len(CFG.nodes) < len(CFG.stores)
     assert "client_max_body_size 10m" in conf
+    # metrics are per process: one path per gateway, and /metrics says so instead of mixing
+    for i in range(CFG.cluster.gateway_replicas):
+        port = CFG.cluster.gateway_port + i
+        assert (
+            f"location = /metrics/gateway-{i + 1} {{ proxy_pass http://127.0.0.1:{port}/metrics; }}"
+            in conf
+        )
+    assert re.search(r"location = /metrics \{\s*default_type application/json;\s*return 404", conf)
     assert "non_idempotent" in conf and "rt=$request_time" in conf
     path = tmp_path / "nginx.conf"
     path.write_text(conf)
