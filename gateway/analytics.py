@@ -136,3 +136,26 @@ class Analytics:
             if stale:
                 await self.redis.xdel(f"visits:{sid}", *stale)
         await self.redis.delete(f"face:{face_id}:visited")
+
+    async def merge_faces(self, keep: int, gone: int) -> None:
+        """One person's visit history under one FaceId: the earlier first sighting per store
+        wins, and a visit inside the dedupe window of either counts as seen.
+
+        Recent visit events keep the FaceId they were recorded under; daily UV counted both
+        (HyperLogLogs cannot be corrected)."""
+        stores = [
+            s.decode() if isinstance(s, bytes) else s
+            for s in await self.redis.smembers(f"face:{gone}:visited")
+        ]
+        for sid in stores:
+            key = f"store:{sid}:first_seen"
+            mine, theirs = await self.redis.hmget(key, [keep, gone])
+            if theirs is not None and (mine is None or float(theirs) < float(mine)):
+                await self.redis.hset(key, keep, theirs)
+            await self.redis.hdel(key, gone)
+            await self.redis.sadd(f"face:{keep}:visited", sid)
+            ttl = await self.redis.ttl(f"seen:{sid}:{gone}")
+            if ttl > 0:
+                await self.redis.set(f"seen:{sid}:{keep}", "1", ex=ttl, nx=True)
+            await self.redis.delete(f"seen:{sid}:{gone}")
+        await self.redis.delete(f"face:{gone}:visited")

@@ -15,6 +15,8 @@ from gateway.deps import Admin, ApiKey, GatewayDep, KeysDep
 from gateway.models import (
     MemberBinding,
     MemberBindingResponse,
+    MergeRequest,
+    MergeResponse,
     PhotoEraseResponse,
     RecognizeResponse,
     SearchResponse,
@@ -152,6 +154,12 @@ async def erase_by_photo(
 async def erase(gw: GatewayDep, face_id: int) -> wire.EraseResponse:
     """Erase a person everywhere: vectors in every store, member binding, visit traces."""
     return await service.erase(gw, face_id)
+
+
+@router.post("/v1/faces/{face_id}/merge", response_model=MergeResponse, dependencies=[Admin])
+async def merge(gw: GatewayDep, face_id: int, body: MergeRequest) -> MergeResponse:
+    """Merge two FaceIds that are one person: `other` joins this one everywhere and ends."""
+    return await service.merge(gw, face_id, body.other)
 
 
 @router.put(

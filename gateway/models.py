@@ -79,6 +79,18 @@ class MemberBindingResponse(BaseModel):
     moved_from: int | None = Field(default=None, description="the FaceId it was taken from")
 
 
+class MergeRequest(BaseModel):
+    other: int = Field(ge=1, description="the FaceId that is the same person; it ends")
+
+
+class MergeResponse(BaseModel):
+    face_id: int
+    merged: int
+    stores: list[str] = Field(description="the stores the merged FaceId's vectors were in")
+    label: str = ""
+    member_id: str = ""
+
+
 class ErasedFace(BaseModel):
     face_id: int
     distance: float = Field(description="from the photo to this FaceId")

@@ -10,6 +10,7 @@ from gateway.models import (
     ErasedFace,
     MemberBinding,
     MemberBindingResponse,
+    MergeResponse,
     PhotoEraseResponse,
     StatsResponse,
 )
@@ -153,6 +154,23 @@ def _one_store_per_embedder(gw: Gateway) -> list[StoreConfig]:
     for s in gw.stores.config.stores:
         first.setdefault(s.embedder, s)
     return list(first.values())
+
+
+async def merge(gw: Gateway, face_id: int, other: int) -> MergeResponse:
+    """One person under two FaceIds becomes one: `other`'s photos, vectors in every store,
+    gallery names, member and visit history pass to `face_id`, and `other` ends."""
+    if other == face_id:
+        raise InvalidRequest("a FaceId cannot be merged into itself")
+    stores = await gw.db.merge_faces(face_id, other)
+    await gw.analytics.merge_faces(face_id, other)
+    record = await gw.db.get_face(face_id)
+    return MergeResponse(
+        face_id=face_id,
+        merged=other,
+        stores=stores,
+        label=record.label if record else "",
+        member_id=record.member_id if record else "",
+    )
 
 
 async def bind_member(gw: Gateway, face_id: int, body: MemberBinding) -> MemberBindingResponse:

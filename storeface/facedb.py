@@ -81,6 +81,73 @@ return {existed, stores}
 """
 
 
+_MERGE_FACES = """
+-- KEYS: face:{keep}, face:{gone}   ARGV: keep, gone, maxlen
+-- Every vector, photo hash, store, gallery name and the member of `gone` pass to `keep`;
+-- each store's feed says so (remove gone, add its vectors under keep), so replicas follow.
+for i = 1, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    return redis.error_reply('FACE_NOT_FOUND:' .. ARGV[i])
+  end
+end
+local km = redis.call('HGET', KEYS[1], 'member_id') or ''
+local gm = redis.call('HGET', KEYS[2], 'member_id') or ''
+if km ~= '' and gm ~= '' and km ~= gm then return redis.error_reply('MEMBERS_DIFFER') end
+local keep, gone = ARGV[1], ARGV[2]
+local moved, order = {}, {}
+for _, entry in ipairs(redis.call('SMEMBERS', 'face:' .. gone .. ':vecs')) do
+  local sid, vid = string.match(entry, '^(.*):(%d+)$')
+  local raw = redis.call('HGET', 'store:' .. sid .. ':vec', vid)
+  if raw then
+    local emb = string.sub(raw, string.find(raw, '|', 1, true) + 1)
+    redis.call('HSET', 'store:' .. sid .. ':vec', vid, keep .. '|' .. emb)
+    redis.call('SADD', 'face:' .. keep .. ':vecs', entry)
+    if not moved[sid] then moved[sid] = {}; table.insert(order, sid) end
+    table.insert(moved[sid], {vid, emb})
+  end
+end
+for _, sid in ipairs(order) do
+  local feed = 'store:' .. sid .. ':feed'
+  local gen = redis.call('INCR', 'store:' .. sid .. ':gen')
+  redis.call('XADD', feed, 'MAXLEN', '~', ARGV[3], '*', 'op', 'remove', 'gen', gen, 'fid', gone)
+  for _, v in ipairs(moved[sid]) do
+    gen = redis.call('INCR', 'store:' .. sid .. ':gen')
+    redis.call('XADD', feed, 'MAXLEN', '~', ARGV[3], '*',
+               'op', 'add', 'gen', gen, 'vid', v[1], 'fid', keep, 'emb', v[2])
+  end
+end
+for _, entry in ipairs(redis.call('SMEMBERS', 'face:' .. gone .. ':photos')) do
+  local sid, sha = string.match(entry, '^(.*):([^:]+)$')
+  redis.call('HSET', 'store:' .. sid .. ':photo', sha, keep)
+  redis.call('SADD', 'face:' .. keep .. ':photos', entry)
+end
+local label = redis.call('HGET', KEYS[2], 'label') or ''
+local stores = redis.call('SMEMBERS', 'face:' .. gone .. ':stores')
+for _, sid in ipairs(stores) do
+  redis.call('SADD', 'face:' .. keep .. ':stores', sid)
+  if label ~= '' and redis.call('HGET', 'store:' .. sid .. ':gallery', label) == gone then
+    redis.call('HSET', 'store:' .. sid .. ':gallery', label, keep)
+  end
+end
+if (redis.call('HGET', KEYS[1], 'label') or '') == '' and label ~= '' then
+  redis.call('HSET', KEYS[1], 'label', label)
+end
+local kc = tonumber(redis.call('HGET', KEYS[1], 'created') or '0')
+local gc = tonumber(redis.call('HGET', KEYS[2], 'created') or '0')
+if gc > 0 and (kc == 0 or gc < kc) then redis.call('HSET', KEYS[1], 'created', gc) end
+local kl = tonumber(redis.call('HGET', KEYS[1], 'last_seen') or '0')
+local gl = tonumber(redis.call('HGET', KEYS[2], 'last_seen') or '0')
+if gl > kl then redis.call('HSET', KEYS[1], 'last_seen', gl) end
+if km == '' and gm ~= '' then
+  redis.call('HSET', KEYS[1], 'member_id', gm, 'kind', 'member')
+  redis.call('HSET', 'member:' .. gm, 'face_id', keep)
+end
+redis.call('DEL', KEYS[2], 'face:' .. gone .. ':vecs', 'face:' .. gone .. ':photos',
+           'face:' .. gone .. ':stores')
+return stores
+"""
+
+
 _BIND_MEMBER = """
 -- KEYS: face:{fid}, member:{mid}   ARGV: fid, mid, profile json, move (1/0)
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('FACE_NOT_FOUND') end
@@ -169,6 +236,7 @@ class FaceDB:
         self._add = redis.register_script(_ADD_VECTOR)
         self._erase = redis.register_script(_ERASE_FACE)
         self._bind = redis.register_script(_BIND_MEMBER)
+        self._merge = redis.register_script(_MERGE_FACES)
 
     # --- ids -----------------------------------------------------------------------------
 
@@ -382,6 +450,26 @@ class FaceDB:
         ]
         existed, stores = await self._erase(keys=keys, args=[face_id, self.feed_maxlen])
         return EraseResult(existed=bool(existed), stores=sorted(_s(s) for s in stores))
+
+    async def merge_faces(self, keep: int, gone: int) -> list[str]:
+        """Make `gone` part of `keep` (one person found under two FaceIds): its vectors, photo
+        hashes, gallery names and member move over, and `gone` is no more. The stores it
+        was in."""
+        try:
+            stores = await self._merge(
+                keys=[f"face:{keep}", f"face:{gone}"], args=[keep, gone, self.feed_maxlen]
+            )
+        except Exception as exc:
+            text = str(exc)
+            if "FACE_NOT_FOUND" in text:
+                raise FaceNotFound(face_id=int(text.rsplit(":", 1)[1].strip())) from exc
+            if "MEMBERS_DIFFER" in text:
+                raise MemberTaken(
+                    f"FaceIds {keep} and {gone} are bound to different members: unbind one first",
+                    face_id=gone,
+                ) from exc
+            raise
+        return sorted(_s(s) for s in stores)
 
     # --- members -------------------------------------------------------------------------
 

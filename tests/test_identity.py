@@ -226,3 +226,34 @@ async def test_folder_ingest_joins_a_face_the_store_already_has(
 
 def _add(index: StoreIndex, vec_id: int, face_id: int, embedding: np.ndarray) -> None:
     index.add([vec_id], [face_id], embedding)
+
+
+@pytest.mark.anyio
+async def test_merge_makes_two_face_ids_one_person(apps: InProcess, faces: Path) -> None:
+    """Older data may hold one person twice: merge keeps one FaceId, everywhere."""
+    person = "Rebekah_Chantay_Revels"
+    kept = await enroll(apps, "store-a", photo(faces, person, 1), label=person)
+    keep = kept.json()["face_id"]
+    async with httpx.AsyncClient(transport=apps.shards["n1"], base_url="http://n1") as n1:
+        ident = await n1.post(
+            "/v1/stores/store-a/identify", files={"image": ("p.jpg", photo(faces, person, 1))}
+        )
+        embedding = ident.json()["faces"][0]["embedding"]
+    async with httpx.AsyncClient(transport=apps.shards["n2"], base_url="http://n2") as n2:
+        dup = await n2.post("/v1/stores/store-c/faces/embedding", json={"embedding": embedding})
+    gone = dup.json()["face_id"]
+    bound = await apps.gateway.put(f"/v1/faces/{gone}/member", json={"member_id": "M-9"})
+    assert bound.status_code == 200
+    r = await apps.gateway.post(f"/v1/faces/{keep}/merge", json={"other": gone})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["face_id"], body["merged"], body["stores"]) == (keep, gone, ["store-c"])
+    assert (body["label"], body["member_id"]) == (person, "M-9")
+    # store-c's own index now answers with the kept FaceId, and its member
+    seen = await recognize(apps, "store-c", photo(faces, person, 1))
+    assert seen["face_id"] == keep and seen["member"]["member_id"] == "M-9"
+    gone_now = await apps.gateway.post(f"/v1/faces/{keep}/merge", json={"other": gone})
+    assert gone_now.status_code == 404 and gone_now.json()["error"]["details"]["face_id"] == gone
+    # erase of the kept FaceId now reaches both stores
+    erased = await apps.gateway.delete(f"/v1/faces/{keep}")
+    assert erased.json()["stores"] == ["store-a", "store-c"]
