@@ -160,8 +160,8 @@ def banner(cfg: StoresFile, keys: Path, seconds: float) -> str:
 Storeface is up in {seconds:.0f}s at {front}  (API docs: {front}/docs)
   nodes:   {nodes}
   keys:    {keys}  (the admin key and one camera key per store)
-  try:     export KEY=$(.venv/bin/python -m deploy.run admin-key)
-           curl -s -H "X-API-Key: $KEY" -F store_id=store-a -F image=@{photo} \\
+  try:     export STOREFACE_API_KEY=$(.venv/bin/python -m deploy.run admin-key)
+           curl -s -H "X-API-Key: $STOREFACE_API_KEY" -F store_id=store-a -F image=@{photo} \\
              {front}/v1/recognize
   logs:    {keys.parent}/logs/
 Ctrl-C stops everything.
@@ -229,7 +229,11 @@ def main(argv: list[str] | None = None) -> int:
             print(cluster.conf)
             return 0
         if args.command == "admin-key":
-            print(yaml.safe_load((cluster.run_dir / "keys.yaml").read_text())["admin_key"])
+            keys = cluster.run_dir / "keys.yaml"
+            if not keys.exists():
+                print(f"no keys yet at {keys}: start the cluster with `make run`", file=sys.stderr)
+                return 1
+            print(yaml.safe_load(keys.read_text())["admin_key"])
             return 0
         if args.command == "reload":
             cluster.reload()

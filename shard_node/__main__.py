@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 import uvicorn
+from redis.exceptions import RedisError
 from rich.progress import Progress
 
 from shard_node.app import create_app
-from shard_node.gallery import ingest_folder, photos_by_person
+from shard_node.gallery import IngestReport, ingest_folder, photos_by_person
 from shard_node.runtime import open_runtime
 from shard_node.settings import ShardSettings
 from storeface.errors import ConfigError
@@ -40,6 +41,12 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
+def _fail(message: str, code: int) -> NoReturn:
+    """End the command with a one-line error on stderr, no traceback."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
 @cli.command()
 def ingest(
     folder: Annotated[Path, typer.Argument(exists=True, file_okay=False)],
@@ -50,21 +57,28 @@ def ingest(
     """Ingest a <person>/<photo> folder into a store, straight into Redis."""
 
     settings = ShardSettings(node_id="")
-    stores = load_stores(settings.stores_file)
+    try:
+        stores = load_stores(settings.stores_file)
+    except ConfigError as exc:
+        _fail(exc.message, 2)
     cfg = stores.store(store)
     if cfg is None:
-        raise typer.BadParameter(f"store {store!r} is not in {settings.stores_file}")
+        known = ", ".join(s.id for s in stores.stores)
+        _fail(f"store {store!r} is not in {settings.stores_file} (stores: {known})", 2)
+    people = photos_by_person(folder)
+    if not people:
+        _fail(f"no photos: {folder} has no <person>/<photo> subfolders (one folder per person)", 1)
     group = stores.group_of(store)
-    total = sum(len(p) for p in photos_by_person(folder).values())
+    total = sum(len(p) for p in people.values())
 
-    async def run() -> None:
+    async def run() -> IngestReport:
         async with open_runtime(settings, group, workers=workers or None) as rt:
             recorded = await rt.db.claim_embedder(cfg.id, rt.info.name)
             if recorded != rt.info.name:
-                raise typer.BadParameter(f"store {cfg.id} holds {recorded} embeddings")
+                _fail(f"store {cfg.id} holds {recorded} embeddings, not {rt.info.name}", 2)
             with Progress() as progress:
                 task = progress.add_task(f"ingesting into {cfg.id}", total=total)
-                report = await ingest_folder(
+                return await ingest_folder(
                     rt.db,
                     rt.pool,
                     cfg.id,
@@ -74,11 +88,16 @@ def ingest(
                     min_size=cfg.min_face_size,
                     progress=lambda n: progress.advance(task, n),
                 )
-        typer.echo(report.summary())
-        for path, why in report.skipped:
-            typer.echo(f"  skipped {path}: {why}")
 
-    asyncio.run(run())
+    try:
+        report = asyncio.run(run())
+    except RedisError as exc:
+        _fail(f"Redis at {settings.redis_url}: {exc} (is `make run` running?)", 1)
+    typer.echo(report.summary())
+    for path, why in report.skipped:
+        typer.echo(f"  skipped {path}: {why}")
+    if not (report.added or report.already):
+        _fail(f"nothing was ingested into {cfg.id}: every photo was skipped", 1)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,35 @@
-"""The `storeface` command on real photos: vectorize, search (with plots), verify."""
+"""The `storeface` command and `python -m shard_node ingest` on real photos: vectorize,
+search (with plots), verify, the cluster key, and no silent success."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+import typer
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
 from shard_node.faces.registry import make_pipeline
-from tests.support import free_port
-from tools.cli import Vectors, app, embed_largest, plot_matches, search_vectors, stats_rows
+from tests.support import ROOT, GatewayNode, ShardNode, free_port, write_stores
+from tools.cli import (
+    Vectors,
+    app,
+    embed_largest,
+    plot_matches,
+    resolve_api_key,
+    search_vectors,
+    stats_rows,
+)
 
 pytestmark = pytest.mark.slow  # starts server processes or embeds many photos
 
@@ -163,17 +180,24 @@ def test_verify_same_and_different(faces: Path, embedder: str) -> None:
             embedder,
         ],
     )
-    assert different.exit_code == 0, different.output
-    assert different.stdout.startswith("different people")
+    assert different.exit_code == 1, different.output
+    assert different.stdout.startswith("different people") and "distance" in different.stdout
 
 
-def test_verify_a_broken_photo_fails_with_its_code(gallery: tuple[Path, list[Path]]) -> None:
+def test_verify_a_broken_photo_fails_with_its_code(
+    gallery: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
     broken = gallery[0] / "Broken_Files"
     result = runner.invoke(
         app, ["verify", str(broken / "text.jpg"), str(gallery[1][0]), "--embedder", "arcface"]
     )
     assert result.exit_code == 2
     assert "not_an_image" in result.output
+    blank = tmp_path / "blank.jpg"
+    Image.new("RGB", (200, 200), "white").save(blank)
+    result = runner.invoke(app, ["verify", str(gallery[1][0]), str(blank)])
+    assert result.exit_code == 2
+    assert "no_face" in result.stderr
 
 
 def test_search_needs_a_vectors_file_or_a_store(gallery: tuple[Path, list[Path]]) -> None:
@@ -190,7 +214,7 @@ def test_cluster_commands_say_when_the_gateway_is_down(gallery: tuple[Path, list
         ["enroll", str(gallery[0]), "--store", "a"],
         ["search", str(gallery[1][0]), "--store", "a"],
     ):
-        result = runner.invoke(app, [*args, "--url", url])
+        result = runner.invoke(app, [*args, "--url", url], env={"STOREFACE_API_KEY": "k"})
         assert result.exit_code == 1, result.output
         assert f"cannot reach {url}" in result.output
 
@@ -199,3 +223,269 @@ def test_stats_rows_accept_a_list_or_a_mapping_of_days() -> None:
     listed = {"days": [{"day": "2024-05-01", "pv": 3, "uv": 2}]}
     mapped = {"days": {"2024-05-01": {"pv": 3, "uv": 2}}}
     assert stats_rows(listed) == stats_rows(mapped) == [{"day": "2024-05-01", "pv": 3, "uv": 2}]
+
+
+# --- no silent success -------------------------------------------------------------------
+
+
+def _no_people(tmp_path: Path, faces: Path) -> Path:
+    """A photo straight in the folder and an empty subfolder: no <person>/<photo>."""
+    folder = tmp_path / "flat"
+    (folder / "Nobody").mkdir(parents=True)
+    (folder / "Juanes_0001.jpg").symlink_to(faces / "lfw_dev/Juanes/Juanes_0001.jpg")
+    return folder
+
+
+def test_vectorize_and_enroll_refuse_a_folder_without_people(tmp_path: Path, faces: Path) -> None:
+    folder = _no_people(tmp_path, faces)
+    out = tmp_path / "out.npz"
+    result = runner.invoke(app, ["vectorize", str(folder), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "has no <person>/<photo> subfolders" in result.stderr
+    assert not out.exists()
+    url = f"http://127.0.0.1:{free_port()}"
+    result = runner.invoke(
+        app, ["enroll", str(folder), "--store", "a", "--url", url], env={"STOREFACE_API_KEY": "k"}
+    )
+    assert result.exit_code == 1, result.output
+    assert "has no <person>/<photo> subfolders" in result.stderr
+    assert "cannot reach" not in result.output  # refused before calling the gateway
+
+
+def test_vectorize_writes_nothing_when_every_photo_is_skipped(
+    gallery: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "Broken_Files").symlink_to(gallery[0] / "Broken_Files")
+    out = tmp_path / "out.npz"
+    result = runner.invoke(app, ["vectorize", str(folder), "--out", str(out), "--workers", "1"])
+    assert result.exit_code == 1, result.output
+    assert "skipped" in result.stdout and "not written" in result.stderr
+    assert not out.exists()
+
+
+def _shard_ingest(folder: Path, store: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shard_node", "ingest", str(folder), "--store", store],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "STOREFACE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+        | env,
+    )
+
+
+def test_ingest_refuses_a_folder_without_people(tmp_path: Path, faces: Path) -> None:
+    out = _shard_ingest(_no_people(tmp_path, faces), "store-a")
+    assert out.returncode == 1, out.stderr
+    assert "has no <person>/<photo> subfolders" in out.stderr
+    assert "Traceback" not in out.stderr and "wrote" not in out.stdout
+
+
+def test_ingest_into_an_unknown_store_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "Someone").mkdir()
+    out = _shard_ingest(tmp_path, "unknown")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().count("\n") == 0, out.stderr
+    assert "'unknown'" in out.stderr and "config/stores.yaml" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_ingest_of_only_skipped_photos_fails(
+    gallery: tuple[Path, list[Path]], tmp_path: Path, redis_url: str
+) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "Broken_Files").symlink_to(gallery[0] / "Broken_Files")
+    stores = write_stores(tmp_path / "stores.yaml", [{"id": "gal"}])
+    out = _shard_ingest(
+        folder, "gal", STOREFACE_STORES_FILE=str(stores), STOREFACE_REDIS_URL=redis_url
+    )
+    assert out.returncode == 1, out.stderr
+    assert "0 photos added" in out.stdout and "nothing was ingested into gal" in out.stderr
+
+
+def test_search_plot_with_a_store_is_refused(
+    gallery: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    plot = tmp_path / "out.jpg"
+    url = f"http://127.0.0.1:{free_port()}"
+    result = runner.invoke(
+        app,
+        ["search", str(gallery[1][0]), "--store", "a", "--plot", str(plot), "--url", url],
+        env={"STOREFACE_API_KEY": "k"},
+    )
+    assert result.exit_code == 2, result.output
+    assert "--plot" in result.stderr and "--store" in result.stderr
+    assert "cannot reach" not in result.output
+    assert not plot.exists()
+
+
+def test_search_plot_fails_loudly_where_it_cannot_be_written(
+    vectorized: tuple[Path, str], gallery: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    search = ["search", str(gallery[1][0]), "--vectors", str(vectorized[0]), "--plot"]
+    unknown = tmp_path / "out.xyz"
+    result = runner.invoke(app, [*search, str(unknown)])
+    assert result.exit_code == 2, result.output
+    assert "--plot" in result.stderr and not unknown.exists()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    result = runner.invoke(app, [*search, str(a_file / "out.jpg")])
+    assert result.exit_code == 1, result.output
+    assert "cannot write the plot" in result.stderr
+
+
+def _keys_file(path: Path, doc: object) -> Path:
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_resolve_api_key_falls_back_to_the_keys_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = _keys_file(tmp_path / "keys.yaml", {"admin_key": "from-file", "camera_keys": {}})
+    monkeypatch.setenv("STOREFACE_KEYS_FILE", str(keys))
+    assert resolve_api_key("given") == "given"
+    assert resolve_api_key(None) == "from-file"
+    _keys_file(keys, {"camera_keys": {"cam": ["store-a"]}})
+    with pytest.raises(typer.BadParameter, match="holds no admin_key"):
+        resolve_api_key(None)
+    monkeypatch.setenv("STOREFACE_KEYS_FILE", str(tmp_path / "missing.yaml"))
+    with pytest.raises(typer.BadParameter, match=r"missing\.yaml"):
+        resolve_api_key(None)
+
+
+def test_cluster_commands_without_a_key_exit_2(
+    gallery: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    env: dict[str, str | None] = {
+        "STOREFACE_API_KEY": None,
+        "STOREFACE_ADMIN_KEY": None,
+        "STOREFACE_KEYS_FILE": str(tmp_path / "missing.yaml"),
+    }
+    url = f"http://127.0.0.1:{free_port()}"
+    for args in (
+        ["stats", "--store", "a"],
+        ["erase", "42"],
+        ["enroll", str(gallery[0]), "--store", "a"],
+        ["search", str(gallery[1][0]), "--store", "a"],
+    ):
+        result = runner.invoke(app, [*args, "--url", url], env=env)
+        assert result.exit_code == 2, result.output
+        assert "no API key" in result.stderr and "cannot reach" not in result.output
+
+
+@pytest.fixture
+def stub_gateway() -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server that answers every call with 200 and records each X-API-Key sent."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append(self.headers.get("X-API-Key", ""))
+            body = json.dumps({"face_id": 7, "faces": [], "days": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_DELETE = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_every_cluster_command_sends_the_one_key(
+    stub_gateway: tuple[str, list[str]], faces: Path, tmp_path: Path
+) -> None:
+    url, seen = stub_gateway
+    folder = tmp_path / "one"
+    (folder / "Juanes").mkdir(parents=True)
+    (folder / "Juanes" / "Juanes_0001.jpg").symlink_to(faces / "lfw_dev/Juanes/Juanes_0001.jpg")
+    keys = _keys_file(tmp_path / "keys.yaml", {"admin_key": "from-file"})
+    commands = (
+        ["stats", "--store", "a"],
+        ["erase", "42"],
+        ["enroll", str(folder), "--store", "a"],
+        ["search", str(folder / "Juanes" / "Juanes_0001.jpg"), "--store", "a"],
+    )
+    base = {"STOREFACE_KEYS_FILE": str(keys), "STOREFACE_API_KEY": None}
+    for env, flag, expected in (
+        (base | {"STOREFACE_ADMIN_KEY": None}, [], "from-file"),
+        (base | {"STOREFACE_ADMIN_KEY": "admin-env"}, [], "admin-env"),
+        (base | {"STOREFACE_ADMIN_KEY": "admin-env", "STOREFACE_API_KEY": "api"}, [], "api"),
+        (base | {"STOREFACE_API_KEY": "api"}, ["--api-key", "flag"], "flag"),
+    ):
+        seen.clear()
+        for args in commands:
+            result = runner.invoke(app, [*args, *flag, "--url", url], env=env)
+            assert result.exit_code == 0, result.output
+        assert seen == [expected] * len(commands)
+
+
+def test_the_local_admin_key_never_goes_to_another_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(yaml.safe_dump({"admin_key": "local-secret"}))
+    monkeypatch.setenv("STOREFACE_KEYS_FILE", str(keys))
+    assert resolve_api_key(None, "http://127.0.0.1:8080") == "local-secret"
+    with pytest.raises(typer.BadParameter, match="no API key for"):
+        resolve_api_key(None, "https://gateway.example.net")
+    assert resolve_api_key("given", "https://gateway.example.net") == "given"
+
+
+def test_enroll_reports_known_people_and_erase_by_photo_forgets_them(
+    tmp_path: Path, faces: Path, redis_url: str
+) -> None:
+    """Against a real gateway and shard: a person the store already saw joins their FaceId,
+    and `erase --photo` forgets them (exit 1 once nobody matches any more)."""
+    stores = write_stores(tmp_path / "stores.yaml", [{"id": "cli"}])
+    shard = ShardNode("cli", stores, redis_url, tmp_path)
+    gateway = GatewayNode(stores, redis_url, tmp_path, admin_key="cli-admin")
+    shard_urls = {"shard_urls": [shard.url]}
+    write_stores(stores, [{"id": "cli", **shard_urls}])
+    shard.start()
+    gateway.start()
+    try:
+        first = httpx.post(
+            f"{gateway.url}/v1/recognize",
+            headers={"X-API-Key": "cli-admin"},
+            files={"image": ("q.jpg", (faces / "lfw_dev/Juanes/Juanes_0001.jpg").read_bytes())},
+            data={"store_id": "cli"},
+            timeout=60,
+        ).json()["faces"][0]
+        folder = tmp_path / "people"
+        for person in ("Juanes", "Mary_Carey"):
+            (folder / person).mkdir(parents=True)
+            name = f"{person}_0001.jpg"
+            (folder / person / name).symlink_to(faces / "lfw_dev" / person / name)
+        args = ["--url", gateway.url, "--api-key", "cli-admin"]
+        done = runner.invoke(app, ["enroll", str(folder), "--store", "cli", *args])
+        assert done.exit_code == 0, done.output
+        assert f"Juanes: already known as FaceId {first['face_id']}" in done.output
+        assert "1 already known under a FaceId" in done.output
+        photo = str(faces / "lfw_dev/Juanes/Juanes_0001.jpg")
+        erased = runner.invoke(app, ["erase", "--photo", photo, *args])
+        assert erased.exit_code == 0, erased.output
+        assert f"erased face {first['face_id']}" in erased.output
+        again = runner.invoke(app, ["erase", "--photo", photo, *args])
+        assert again.exit_code == 1 and "face_not_found" in again.output
+        both = runner.invoke(app, ["erase", "7", "--photo", photo, *args])
+        assert both.exit_code == 2
+    finally:
+        gateway.stop()
+        shard.stop()

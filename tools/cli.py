@@ -7,15 +7,18 @@ import contextlib
 import datetime as dt
 import json
 import mimetypes
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import typer
+import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -31,7 +34,7 @@ from shard_node.gallery import photos_by_person
 from storeface.distances import distances
 from storeface.errors import ModelFetchFailed, NoFace, StorefaceError
 from storeface.images import ImageLimits
-from storeface.paths import DEFAULT_MODELS_DIR
+from storeface.paths import DEFAULT_MODELS_DIR, ROOT
 from tools.fetch_models import DEFAULTS, fetch, relocate
 
 app = typer.Typer(
@@ -42,12 +45,59 @@ app = typer.Typer(
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 VECTORS_FORMAT = "storeface-vectors/1"
+KEYS_FILE_ENV = "STOREFACE_KEYS_FILE"
+DEFAULT_KEYS_FILE = ROOT / ".run" / "keys.yaml"  # what `make run` writes
 
 EmbedderOpt = Annotated[str, typer.Option("--embedder", "-e", help="dlib or arcface")]
 UrlOpt = Annotated[str, typer.Option(envvar="STOREFACE_URL", help="the gateway's base URL")]
-AdminKeyOpt = Annotated[
-    str | None, typer.Option("--api-key", envvar="STOREFACE_ADMIN_KEY", help="admin API key")
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar=["STOREFACE_API_KEY", "STOREFACE_ADMIN_KEY"],
+        show_envvar=True,
+        help="API key; without one, the admin_key of $STOREFACE_KEYS_FILE or of the "
+        ".run/keys.yaml that `make run` writes",
+    ),
 ]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """End the command with a one-line error on stderr and a non-zero exit status."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _people(folder: Path) -> dict[str, list[Path]]:
+    """The folder's photos by person, or exit 1: a folder without them is nothing to do."""
+    people = photos_by_person(folder)
+    if not people:
+        _fail(f"no photos: {folder} has no <person>/<photo> subfolders (one folder per person)")
+    return people
+
+
+def resolve_api_key(given: str | None, url: str = DEFAULT_URL) -> str:
+    """--api-key (or its env vars), else — for a cluster on this machine only — the admin
+    key of the keys file `make run` wrote."""
+    if given:
+        return given
+    hint = "pass --api-key, set STOREFACE_API_KEY, or start the cluster with `make run`"
+    if urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        # the local admin key is never sent to another machine's gateway
+        raise typer.BadParameter(f"no API key for {url}: {hint}", param_hint="'--api-key'")
+    path = Path(os.environ.get(KEYS_FILE_ENV) or DEFAULT_KEYS_FILE)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(
+            f"no API key, and no keys file at {path}: {hint}", param_hint="'--api-key'"
+        ) from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise typer.BadParameter(f"cannot read the keys file {path}: {exc}") from exc
+    key = doc.get("admin_key") if isinstance(doc, dict) else None
+    if not key:
+        raise typer.BadParameter(f"the keys file {path} holds no admin_key: {hint}")
+    return str(key)
 
 
 # --- vectors files -----------------------------------------------------------------------
@@ -273,6 +323,8 @@ def _search_local(
 ) -> None:
 
     vectors = Vectors.load(vectors_file)
+    if not vectors.paths:
+        raise typer.BadParameter(f"{vectors_file} holds no vectors", param_hint="'--vectors'")
     with _face_errors():
         pipeline = make_pipeline(vectors.embedder)
         face = embed_largest(pipeline, image)
@@ -289,9 +341,30 @@ def _search_local(
     if plot is not None:
         query = _load_rgb(str(image))
         assert query is not None  # the pipeline has just decoded it
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        plot_matches(query, face.box, hits, ms).savefig(plot)
-        typer.echo(f"plot written to {plot}")
+        try:
+            plot.parent.mkdir(parents=True, exist_ok=True)
+            plot_matches(query, face.box, hits, ms).savefig(plot)
+        except OSError as exc:
+            _fail(f"cannot write the plot {plot}: {exc}")
+        typer.echo(f"plot written to {plot}", err=as_json)  # stdout stays one JSON document
+
+
+def _check_plot(plot: Path | None, store: str | None) -> None:
+    """--plot is refused up front where no file could be written, never ignored."""
+    if plot is None:
+        return
+    if store is not None:
+        raise typer.BadParameter(
+            "cannot be used with --store: the cluster keeps no photos (embeddings only), "
+            "so its matches have nothing to draw; plot against a --vectors file",
+            param_hint="'--plot'",
+        )
+    kinds = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if plot.suffix.lower().lstrip(".") not in kinds:
+        raise typer.BadParameter(
+            f"{plot}: name an image type by its suffix ({', '.join(sorted(kinds))})",
+            param_hint="'--plot'",
+        )
 
 
 @app.command()
@@ -306,16 +379,18 @@ def vectorize(
 ) -> None:
     """Embed every photo of a folder in parallel into a vectors file (largest face of each)."""
 
-    total = sum(len(ps) for ps in photos_by_person(folder).values())
+    total = sum(len(ps) for ps in _people(folder).values())
     with Progress() as progress:
         task = progress.add_task(f"vectorizing with {embedder}", total=total)
         report = vectorize_folder(
             folder, embedder, workers or None, skip_multiple, lambda n: progress.advance(task, n)
         )
-    report.vectors.save(out)
     typer.echo(report.summary())
     for path, why in report.skipped:
         typer.echo(f"  skipped {path}: {why}")
+    if not report.vectors.paths:
+        _fail(f"no photo gave a face to vectorize; {out} was not written")
+    report.vectors.save(out)
     if report.several and not skip_multiple:
         typer.echo(f"  the largest face was taken in {len(report.several)} photos with several")
     typer.echo(f"wrote {out}")
@@ -328,17 +403,22 @@ def search(
     vectors: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, help="search this vectors file")
     ] = None,
-    plot: Annotated[Path | None, typer.Option(help="draw the query and its matches here")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="draw the query and its matches into this image (.jpg, .png, ...); "
+            "with --vectors only: refused with --store, whose matches have no photos"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     store: Annotated[str | None, typer.Option(help="search a cluster store instead")] = None,
     url: UrlOpt = DEFAULT_URL,
-    api_key: Annotated[
-        str | None, typer.Option("--api-key", envvar="STOREFACE_API_KEY", help="API key")
-    ] = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Top-k matches of the image's largest face, in a vectors file or a cluster store."""
     if (vectors is None) == (store is None):
         raise typer.BadParameter("give exactly one of --vectors FILE or --store STORE")
+    _check_plot(plot, store)
     if vectors is not None:
         _search_local(image, top_k, vectors, plot, as_json)
         return
@@ -353,7 +433,10 @@ def search(
     _print_remote_matches(body, as_json)
 
 
-@app.command()
+@app.command(
+    epilog="Exit status: 0 same person, 1 different people, 2 a usage error or a photo "
+    "without a usable face."
+)
 def verify(
     a: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
     b: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
@@ -366,11 +449,13 @@ def verify(
         fa, fb = embed_largest(pipeline, a), embed_largest(pipeline, b)
     info = pipeline.info
     d = distance(fa.embedding, fb.embedding, info.metric)
-    verdict = "same person" if d <= info.threshold else "different people"
+    same = d <= info.threshold
     typer.echo(
-        f"{verdict}: distance {d:.4f} {'<=' if d <= info.threshold else '>'} threshold "
-        f"{info.threshold:.4f} ({info.name}, {info.metric})"
+        f"{'same person' if same else 'different people'}: distance {d:.4f} "
+        f"{'<=' if same else '>'} threshold {info.threshold:.4f} ({info.name}, {info.metric})"
     )
+    if not same:
+        raise typer.Exit(1)  # scripts test the verdict by the exit status
 
 
 # --- cluster commands --------------------------------------------------------------------
@@ -383,7 +468,7 @@ class GatewayError(Exception):
 @contextlib.contextmanager
 def _gateway(url: str, api_key: str | None) -> Iterator[httpx.Client]:
 
-    headers = {"X-API-Key": api_key} if api_key else {}
+    headers = {"X-API-Key": resolve_api_key(api_key, url)}
     try:
         with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60) as client:
             yield client
@@ -452,22 +537,26 @@ class EnrollReport:
     added: int = 0
     duplicate: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # people the chain already knew: their first photo joined an existing FaceId
+    known: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def summary(self) -> str:
         return (
             f"{len(self.people)} people, {self.added} photos added, {self.duplicate} duplicates, "
-            f"{len(self.skipped)} skipped"
+            f"{len(self.skipped)} skipped, {len(self.known)} already known under a FaceId"
         )
 
 
 def enroll_person(
     client: httpx.Client, store: str, person: str, photos: list[Path], report: EnrollReport
 ) -> None:
-    """Enroll one person's photos: the first accepted photo creates the FaceId."""
-
+    """Enroll one person's photos: the first accepted photo makes (or finds) the FaceId, the
+    others join it; the folder says they are one person, so they are filed with force."""
     face_id: int | None = None
     for photo in photos:
-        data = {"label": person} | ({"face_id": str(face_id)} if face_id is not None else {})
+        data = {"label": person}
+        if face_id is not None:
+            data |= {"face_id": str(face_id), "force": "true"}
         try:
             resp = client.post(
                 f"/v1/stores/{store}/faces", files={"image": _upload(photo)}, data=data
@@ -480,6 +569,8 @@ def enroll_person(
         if resp.is_error:
             raise GatewayError(_error_text(resp))
         body = resp.json()
+        if face_id is None and not body.get("created", True) and body.get("distance") is not None:
+            report.known[person] = (int(body["face_id"]), float(body["distance"]))
         face_id = int(body["face_id"])
         report.people[person] = face_id
         report.duplicate += bool(body.get("duplicate"))
@@ -491,11 +582,11 @@ def enroll(
     folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="<person>/<photo>")],
     store: Annotated[str, typer.Option(help="store id")],
     url: UrlOpt = DEFAULT_URL,
-    api_key: AdminKeyOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Enroll a <person>/<photo> folder into a cluster store, one FaceId per person."""
 
-    people = photos_by_person(folder)
+    people = _people(folder)
     report = EnrollReport()
     with _gateway(url, api_key) as client, Progress() as progress:
         task = progress.add_task(f"enrolling into {store}", total=len(people))
@@ -503,8 +594,12 @@ def enroll(
             enroll_person(client, store, person, photos, report)
             progress.advance(task)
     typer.echo(report.summary())
+    for person, (fid, dist) in sorted(report.known.items()):
+        typer.echo(f"  {person}: already known as FaceId {fid} (distance {dist:.3f})")
     for path, why in report.skipped:
         typer.echo(f"  skipped {path}: {why}")
+    if not report.people:
+        _fail(f"nothing was enrolled into {store}: every photo was skipped")
 
 
 def _day(value: str | None) -> str | None:
@@ -530,7 +625,7 @@ def stats(
     from_: Annotated[str | None, typer.Option("--from", help="first day, YYYY-MM-DD")] = None,
     to: Annotated[str | None, typer.Option("--to", help="last day, YYYY-MM-DD")] = None,
     url: UrlOpt = DEFAULT_URL,
-    api_key: AdminKeyOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """A store's visits by day: PV, UV, new and returning."""
 
@@ -552,12 +647,25 @@ def stats(
 
 @app.command()
 def erase(
-    face_id: Annotated[int, typer.Argument(help="the FaceId to erase everywhere")],
+    face_id: Annotated[int | None, typer.Argument(help="the FaceId to erase everywhere")] = None,
+    photo: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="erase whoever this photo shows"),
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
-    api_key: AdminKeyOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
-    """Erase a person everywhere: every store, every vector."""
+    """Erase a person everywhere (every store, every vector): by FaceId, or by a photo of
+    them (every FaceId within a strict distance of its face). Exits 1 if nobody matched."""
+    if (face_id is None) == (photo is None):
+        raise typer.BadParameter("give a FaceId or --photo, not both")
     with _gateway(url, api_key) as client:
+        if photo is not None:
+            body = _call(client, "POST", "/v1/erase", files={"image": _upload(photo)})
+            for e in body["erased"]:
+                stores = ", ".join(e["stores"]) or "no store"
+                typer.echo(f"erased face {e['face_id']} (distance {e['distance']:.3f}): {stores}")
+            return
         body = _call(client, "DELETE", f"/v1/faces/{face_id}")
     typer.echo(f"erased face {face_id}: {json.dumps(body)}")
 
