@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import numpy as np
 import typer
 import uvicorn
 from redis.exceptions import RedisError
@@ -14,6 +15,7 @@ from rich.progress import Progress
 
 from shard_node.app import create_app
 from shard_node.gallery import IngestReport, ingest_folder, photos_by_person
+from shard_node.index import StoreIndex
 from shard_node.runtime import open_runtime
 from shard_node.settings import ShardSettings
 from storeface.errors import ConfigError
@@ -76,6 +78,14 @@ def ingest(
             recorded = await rt.db.claim_embedder(cfg.id, rt.info.name)
             if recorded != rt.info.name:
                 _fail(f"store {cfg.id} holds {recorded} embeddings, not {rt.info.name}", 2)
+            # The store's faces as they are now, so a person it already knows keeps one FaceId.
+            index = StoreIndex(rt.info.dim, rt.info.metric, rt.info.name)
+            async for vids, fids, embs in rt.db.scan_vectors(cfg.id):
+                index.add(vids, fids, embs)
+
+            def added(gen: int, vec_id: int, face_id: int, embedding: np.ndarray) -> None:
+                index.add([vec_id], [face_id], embedding)
+
             with Progress() as progress:
                 task = progress.add_task(f"ingesting into {cfg.id}", total=total)
                 return await ingest_folder(
@@ -87,6 +97,9 @@ def ingest(
                     largest=largest,
                     min_size=cfg.min_face_size,
                     progress=lambda n: progress.advance(task, n),
+                    index=index,
+                    threshold=cfg.threshold or rt.info.threshold,
+                    on_added=added,
                 )
 
     try:
@@ -94,6 +107,8 @@ def ingest(
     except RedisError as exc:
         _fail(f"Redis at {settings.redis_url}: {exc} (is `make run` running?)", 1)
     typer.echo(report.summary())
+    for person, (fid, dist) in sorted(report.known.items()):
+        typer.echo(f"  {person}: already known as FaceId {fid} (distance {dist:.3f})")
     for path, why in report.skipped:
         typer.echo(f"  skipped {path}: {why}")
     if not (report.added or report.already):

@@ -78,13 +78,20 @@ def test_ingest_command_reports_skips_and_is_idempotent(
     assert "broken.jpg: truncated_image" in report
     again = _ingest(stores, redis_url, folder)
     assert "0 photos added, 7 already ingested" in again
+    # the same face under another folder name (re-encoded: new bytes) joins its FaceId
+    alias = tmp_path / "alias" / "Someone"
+    alias.mkdir(parents=True)
+    Image.open(faces / "lfw_dev/Juanes/Juanes_0001.jpg").save(alias / "x.jpg", quality=80)
+    known = _ingest(stores, redis_url, alias.parent)
+    assert "1 people already known under a FaceId" in known
+    assert "Someone: already known as FaceId" in known
     # --largest takes the bigger face of the group photo instead of skipping it
     assert "1 photos added" in _ingest(stores, redis_url, folder, "--largest")
 
     node = ShardNode("gal", stores, redis_url, tmp_path).start()
     try:
         info = httpx.get(f"{node.url}/v1/stores/gal/info").json()
-        assert (info["faces"], info["vectors"]) == (3, 8)
+        assert (info["faces"], info["vectors"]) == (3, 9)  # the alias joined Juanes: no 4th face
         probe = (faces / "lfw_dev/Paul_Tagliabue/Paul_Tagliabue_0004.jpg").read_bytes()
         r = httpx.post(
             f"{node.url}/v1/stores/gal/identify", files={"image": ("p.jpg", probe)}, timeout=60
