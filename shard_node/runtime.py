@@ -62,7 +62,12 @@ async def open_runtime(
         group.embedder,
         embedder_options(group, settings),
         workers=workers or settings.workers or None,
-        limits=ImageLimits(settings.max_image_bytes, settings.max_pixels, settings.max_side),
+        limits=ImageLimits(
+            settings.max_image_bytes,
+            settings.max_pixels,
+            settings.max_side,
+            settings.detect_pixels,
+        ),
         max_faces=settings.max_faces,
     )
     try:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from storeface.images import MAX_IMAGE_BYTES
+from storeface.images import DETECT_PIXELS, MAX_IMAGE_BYTES
 from storeface.paths import models_dir
 
 
@@ -27,6 +27,9 @@ class ShardSettings(BaseSettings):
     max_image_bytes: int = MAX_IMAGE_BYTES
     max_pixels: int = 40_000_000
     max_side: int = 1600
+    # a larger upload is searched again, in tiles of at most this many pixels, for the small
+    # faces the downscale to max_side loses (0: not; bench/frames.py for the cost)
+    detect_pixels: int = DETECT_PIXELS
     max_faces: int = 10
     ivf_threshold: int = 100_000
     # faiss threads per search: parallelism comes from concurrent requests, and OpenMP's
