@@ -52,6 +52,18 @@ async def enroll(apps: InProcess, store: str, image: bytes, **form: str) -> http
     )
 
 
+async def _second_face_id(apps: InProcess, image: bytes) -> int:
+    """The photo's face enrolled again at store-c (group n2) straight through the shard's
+    embedding endpoint, which does not deduplicate: one person under a second FaceId."""
+    async with httpx.AsyncClient(transport=apps.shards["n1"], base_url="http://n1") as n1:
+        ident = await n1.post("/v1/stores/store-a/identify", files={"image": ("p.jpg", image)})
+        embedding = ident.json()["faces"][0]["embedding"]
+    async with httpx.AsyncClient(transport=apps.shards["n2"], base_url="http://n2") as n2:
+        dup = await n2.post("/v1/stores/store-c/faces/embedding", json={"embedding": embedding})
+    assert dup.status_code == 201, dup.text
+    return int(dup.json()["face_id"])
+
+
 async def recognize(apps: InProcess, store: str, image: bytes) -> dict:
     r = await apps.gateway.post(
         "/v1/recognize", files={"image": ("q.jpg", image)}, data={"store_id": store}
@@ -154,15 +166,7 @@ async def test_erase_by_photo_forgets_every_face_id_of_the_person(
     assert enrolled.status_code == 201
     other = await enroll(apps, "store-b", photo(faces, "Juanes", 1), label="Juanes")
     # the same person under a second FaceId in another group, as older data may hold
-    async with httpx.AsyncClient(transport=apps.shards["n1"], base_url="http://n1") as n1:
-        ident = await n1.post(
-            "/v1/stores/store-a/identify", files={"image": ("p.jpg", photo(faces, person, 1))}
-        )
-        embedding = ident.json()["faces"][0]["embedding"]
-    async with httpx.AsyncClient(transport=apps.shards["n2"], base_url="http://n2") as n2:
-        dup = await n2.post("/v1/stores/store-c/faces/embedding", json={"embedding": embedding})
-    assert dup.status_code == 201
-    ids = {enrolled.json()["face_id"], dup.json()["face_id"]}
+    ids = {enrolled.json()["face_id"], await _second_face_id(apps, photo(faces, person, 1))}
     assert len(ids) == 2
     r = await apps.gateway.post(
         "/v1/erase", files={"image": ("p.jpg", reencoded(photo(faces, person, 1)))}
@@ -234,14 +238,7 @@ async def test_merge_makes_two_face_ids_one_person(apps: InProcess, faces: Path)
     person = "Rebekah_Chantay_Revels"
     kept = await enroll(apps, "store-a", photo(faces, person, 1), label=person)
     keep = kept.json()["face_id"]
-    async with httpx.AsyncClient(transport=apps.shards["n1"], base_url="http://n1") as n1:
-        ident = await n1.post(
-            "/v1/stores/store-a/identify", files={"image": ("p.jpg", photo(faces, person, 1))}
-        )
-        embedding = ident.json()["faces"][0]["embedding"]
-    async with httpx.AsyncClient(transport=apps.shards["n2"], base_url="http://n2") as n2:
-        dup = await n2.post("/v1/stores/store-c/faces/embedding", json={"embedding": embedding})
-    gone = dup.json()["face_id"]
+    gone = await _second_face_id(apps, photo(faces, person, 1))
     bound = await apps.gateway.put(f"/v1/faces/{gone}/member", json={"member_id": "M-9"})
     assert bound.status_code == 200
     r = await apps.gateway.post(f"/v1/faces/{keep}/merge", json={"other": gone})
