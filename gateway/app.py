@@ -12,7 +12,6 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis.asyncio import Redis
 
 from gateway.analytics import Analytics
 from gateway.api import router
@@ -22,6 +21,7 @@ from gateway.routing import StoreMap
 from gateway.settings import GatewaySettings
 from gateway.shards import ShardClient
 from storeface.facedb import FaceDB
+from storeface.redis_client import connect
 from web.errors import install_error_handlers
 from web.metrics import instrument, stage_observer
 
@@ -51,7 +51,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[GatewayState]:
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect(settings.redis_url)
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         async with httpx.AsyncClient(limits=limits, transport=transport) as client:
             gw = Gateway(

@@ -18,6 +18,7 @@ from shard_node.settings import ShardSettings
 from storeface.errors import ConfigError
 from storeface.facedb import FaceDB
 from storeface.images import ImageLimits
+from storeface.redis_client import connect
 from storeface.stores import NodeGroup, StoresFile
 
 
@@ -57,7 +58,7 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     """Open Redis and the face pool for a node group; close both on the way out."""
     faiss.omp_set_num_threads(settings.search_threads)
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings.redis_url)
     pool = FacePool(
         group.embedder,
         embedder_options(group, settings),

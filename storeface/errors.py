@@ -183,6 +183,11 @@ class StoreNotHosted(ServiceUnavailable):
     default_message = "this shard node group does not host that store"
 
 
+class StorageUnavailable(ServiceUnavailable):
+    code = "storage_unavailable"
+    default_message = "the data store (Redis) did not answer; try again shortly"
+
+
 class ShardUnavailable(ServiceUnavailable):
     code = "shard_unavailable"
     default_message = "the store's shard did not answer"

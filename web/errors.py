@@ -8,9 +8,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from storeface.errors import StorefaceError
+from storeface.errors import StorageUnavailable, StorefaceError
 
 log = logging.getLogger("storeface.http")
 
@@ -33,6 +35,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code >= 500:
             log.warning("%s: %s", exc.code, exc.message)
         return error_response(exc)
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _storage(_: Request, exc: Exception) -> JSONResponse:
+        # Retried on fresh connections already (storeface.redis_client): Redis is down.
+        log.warning("redis unavailable: %s", exc)
+        return error_response(StorageUnavailable(error=str(exc)[:200]))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
