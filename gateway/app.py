@@ -22,6 +22,7 @@ from gateway.settings import GatewaySettings
 from gateway.shards import ShardClient
 from storeface.facedb import FaceDB
 from storeface.redis_client import connect
+from web.docs import install_docs
 from web.errors import install_error_handlers
 from web.metrics import instrument, stage_observer
 
@@ -73,7 +74,10 @@ def create_app(
                 await asyncio.gather(watcher, return_exceptions=True)
                 await redis.aclose()
 
-    app = FastAPI(title="Storeface gateway", version="1", lifespan=lifespan)
+    app = FastAPI(
+        title="Storeface gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    install_docs(app)
     app.state.settings = settings
     app.state.keys = keys
     install_error_handlers(app)

@@ -18,6 +18,7 @@ from shard_node.node import Node, NodeOptions
 from shard_node.runtime import group_embedder, node_group, open_runtime
 from shard_node.settings import ShardSettings
 from storeface.stores import WatchedStoresFile
+from web.docs import install_docs
 from web.errors import install_error_handlers
 from web.metrics import instrument, stage_observer
 
@@ -75,7 +76,14 @@ def create_app(settings: ShardSettings) -> FastAPI:
                 with contextlib.suppress(Exception):
                     await node.snapshot()
 
-    app = FastAPI(title=f"Storeface shard node ({group.id})", version="1", lifespan=lifespan)
+    app = FastAPI(
+        title=f"Storeface shard node ({group.id})",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_docs(app)
     install_error_handlers(app)
     instrument(app, registry, "shard")
     app.include_router(router)

@@ -101,3 +101,17 @@ async def test_bad_uploads_are_clear_4xx_through_both_apps(apps: InProcess) -> N
     assert r.status_code == 422 and r.json()["error"]["code"] == "missing_field"
     r = await _recognize(apps.gateway, "nowhere", b"\xff\xd8\xff")
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_store"
+
+
+@pytest.mark.anyio
+async def test_the_api_docs_load_nothing_from_the_internet(apps: InProcess) -> None:
+    """A store network may have no internet: /docs must not point at a CDN."""
+    page = await apps.gateway.get("/docs")
+    assert page.status_code == 200
+    assert "http://" not in page.text and "https://" not in page.text
+    assert "/docs-assets/swagger-ui-bundle.js" in page.text
+    script = await apps.gateway.get("/docs-assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert len(script.content) > 100_000
+    assert (await apps.gateway.get("/docs-assets/swagger-ui.css")).status_code == 200
+    assert (await apps.gateway.get("/openapi.json")).json()["info"]["title"] == "Storeface gateway"
