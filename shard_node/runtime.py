@@ -4,6 +4,7 @@ Built in one place for the server's lifespan and for `python -m shard_node inges
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -74,5 +75,5 @@ async def open_runtime(
     try:
         yield Runtime(group, group_embedder(group, settings), redis, FaceDB(redis), pool)
     finally:
-        pool.close()
+        await asyncio.to_thread(pool.close)  # joins the workers: not on the event loop
         await redis.aclose()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -39,6 +40,12 @@ class InProcess:
     shards: dict[str, httpx.AsyncBaseTransport]
 
 
+def _lifespan(app: Any) -> LifespanManager:
+    """Start-up and shutdown may take a while on a busy machine: a shard's shutdown waits for
+    its pool's worker processes (asgi-lifespan's default is 5 s)."""
+    return LifespanManager(app, startup_timeout=120, shutdown_timeout=120)
+
+
 @asynccontextmanager
 async def in_process(
     work: Path, redis_url: str, nodes: dict[str, list[str]], region: str = "north"
@@ -63,7 +70,7 @@ async def in_process(
                 snapshot_dir=work / node,
                 feed_block_ms=100,
             )
-            manager = await stack.enter_async_context(LifespanManager(create_shard(settings)))
+            manager = await stack.enter_async_context(_lifespan(create_shard(settings)))
             shards[node] = httpx.ASGITransport(app=manager.app)
         for transport in shards.values():  # ready: every store loaded, workers up
             async with httpx.AsyncClient(transport=transport, base_url="http://n") as c:
@@ -76,7 +83,7 @@ async def in_process(
             stores_file=stores_file, redis_url=redis_url, admin_key=ADMIN, fanout_deadline_ms=2000
         )
         gateway = await stack.enter_async_context(
-            LifespanManager(create_gateway(gw_settings, transport=router))
+            _lifespan(create_gateway(gw_settings, transport=router))
         )
         client = await stack.enter_async_context(
             httpx.AsyncClient(

@@ -206,14 +206,19 @@ def test_search_needs_a_vectors_file_or_a_store(gallery: tuple[Path, list[Path]]
     assert "--vectors" in result.output
 
 
-def test_cluster_commands_say_when_the_gateway_is_down(gallery: tuple[Path, list[Path]]) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    for args in (
+def _cluster_commands(gallery: tuple[Path, list[Path]]) -> list[list[str]]:
+    """Every command that talks to a cluster, with arguments that would work."""
+    return [
         ["stats", "--store", "a"],
         ["erase", "42"],
         ["enroll", str(gallery[0]), "--store", "a"],
         ["search", str(gallery[1][0]), "--store", "a"],
-    ):
+    ]
+
+
+def test_cluster_commands_say_when_the_gateway_is_down(gallery: tuple[Path, list[Path]]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    for args in _cluster_commands(gallery):
         result = runner.invoke(app, [*args, "--url", url], env={"STOREFACE_API_KEY": "k"})
         assert result.exit_code == 1, result.output
         assert f"cannot reach {url}" in result.output
@@ -368,12 +373,7 @@ def test_cluster_commands_without_a_key_exit_2(
         "STOREFACE_KEYS_FILE": str(tmp_path / "missing.yaml"),
     }
     url = f"http://127.0.0.1:{free_port()}"
-    for args in (
-        ["stats", "--store", "a"],
-        ["erase", "42"],
-        ["enroll", str(gallery[0]), "--store", "a"],
-        ["search", str(gallery[1][0]), "--store", "a"],
-    ):
+    for args in _cluster_commands(gallery):
         result = runner.invoke(app, [*args, "--url", url], env=env)
         assert result.exit_code == 2, result.output
         assert "no API key" in result.stderr and "cannot reach" not in result.output

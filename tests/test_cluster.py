@@ -81,6 +81,11 @@ def test_end_to_end_through_nginx(cluster: LocalCluster, faces: Path) -> None:
         stats = c.get("/v1/stores/store-a/stats").json()["days"][0]
         assert stats["pv"] == 1 and stats["uv"] == 1
         assert c.get("/docs").status_code == 200
+        # Swagger UI's own files come from the gateway, through the front door
+        script = c.get("/docs-assets/swagger-ui-bundle.js")
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+        assert len(script.content) > 100_000
+        assert c.get("/docs-assets/swagger-ui.css").status_code == 200
         # each gateway's own counters, never two processes' mixed behind the balancer
         scraped = [c.get("/metrics/gateway-1") for _ in range(3)]
         assert all(r.status_code == 200 for r in scraped)

@@ -109,9 +109,5 @@ async def test_the_api_docs_load_nothing_from_the_internet(apps: InProcess) -> N
     page = await apps.gateway.get("/docs")
     assert page.status_code == 200
     assert "http://" not in page.text and "https://" not in page.text
-    assert "/docs-assets/swagger-ui-bundle.js" in page.text
-    script = await apps.gateway.get("/docs-assets/swagger-ui-bundle.js")
-    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
-    assert len(script.content) > 100_000
-    assert (await apps.gateway.get("/docs-assets/swagger-ui.css")).status_code == 200
+    assert "/docs-assets/swagger-ui-bundle.js" in page.text  # served: tests/test_cluster.py
     assert (await apps.gateway.get("/openapi.json")).json()["info"]["title"] == "Storeface gateway"

@@ -109,5 +109,15 @@ class FacePool:
             self._executor, analyze_in_worker, data, self.limits, max_faces or self.max_faces
         )
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the workers: queued work is dropped, running work gets `timeout` seconds,
+        then a worker still busy is terminated (a shutdown must not hang on one frame)."""
+        # The executor keeps its worker processes in a private map; nothing public lists them.
+        workers = list(getattr(self._executor, "_processes", {}).values())
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout
+        for proc in workers:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(1.0)
