@@ -22,6 +22,7 @@ from gateway.settings import GatewaySettings
 from gateway.shards import ShardClient
 from storeface.facedb import FaceDB
 from storeface.redis_client import connect
+from storeface.tasks import stop_tasks
 from web.docs import install_docs
 from web.errors import install_error_handlers
 from web.metrics import instrument, stage_observer
@@ -70,8 +71,7 @@ def create_app(
             try:
                 yield {"gateway": gw}
             finally:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
+                await stop_tasks([watcher])
                 await redis.aclose()
 
     app = FastAPI(

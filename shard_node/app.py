@@ -18,6 +18,7 @@ from shard_node.node import Node, NodeOptions
 from shard_node.runtime import group_embedder, node_group, open_runtime
 from shard_node.settings import ShardSettings
 from storeface.stores import WatchedStoresFile
+from storeface.tasks import stop_tasks
 from web.docs import install_docs
 from web.errors import install_error_handlers
 from web.metrics import instrument, stage_observer
@@ -69,9 +70,7 @@ def create_app(settings: ShardSettings) -> FastAPI:
             try:
                 yield {"node": node, "warm": warm}
             finally:
-                for t in [warm, *tasks]:
-                    t.cancel()
-                await asyncio.gather(warm, *tasks, return_exceptions=True)
+                await stop_tasks([warm, *tasks])
                 await node.close()
                 with contextlib.suppress(Exception):
                     await node.snapshot()

@@ -25,6 +25,7 @@ from shard_node.replica import Replica
 from storeface.errors import EmbedderMismatch, NotReady, StoreNotHosted
 from storeface.facedb import FaceDB
 from storeface.stores import StoreConfig, StoresFile, WatchedStoresFile
+from storeface.tasks import stop_tasks
 
 log = logging.getLogger("shard_node.node")
 
@@ -365,9 +366,9 @@ class Node:
     async def close(self) -> None:
         leaving = [self._let_go(st) for st in self.stores.values() if st.leaving_at]
         await asyncio.gather(*self._releases, *leaving, return_exceptions=True)
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(list(self._tasks))
+        if self._group_rebuild is not None:  # a thread: it cannot be stopped, only awaited
+            await asyncio.gather(self._group_rebuild, return_exceptions=True)
 
     async def _gallery(self, st: StoreState, folder: Path) -> None:
         """One replica of the group ingests a store's gallery; re-runs add nothing twice."""
