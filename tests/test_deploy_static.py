@@ -99,3 +99,15 @@ def test_adding_a_group_changes_no_other_program(tmp_path: Path) -> None:
     assert set(after) - set(before) == {"shard-n2-1", "shard-n2-2", "shard-n2-3"}
     for name, program in before.items():
         assert (after[name].argv, after[name].env) == (program.argv, program.env), name
+
+
+def test_the_image_holds_every_package_the_services_import() -> None:
+    """A package the services import but the Dockerfile leaves out fails only at start."""
+    copied = set(re.findall(r"^COPY (\w+) \1$", (ROOT / "deploy" / "Dockerfile").read_text(), re.M))
+    own = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    imported = set()
+    for package in ("gateway", "shard_node", "deploy"):
+        for path in (ROOT / package).rglob("*.py"):
+            imported |= set(re.findall(r"^(?:from|import) (\w+)", path.read_text(), re.M)) & own
+    assert imported >= {"storeface", "web", "gateway", "shard_node"}
+    assert imported <= copied, f"the Dockerfile does not COPY {sorted(imported - copied)}"
