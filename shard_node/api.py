@@ -96,8 +96,9 @@ async def healthz() -> wire.HealthResponse:
 
 @router.get("/readyz", response_model=wire.HealthResponse)
 async def readyz(request: Request, node: NodeDep) -> JSONResponse:
-    """Ready once the pipeline workers are up and every store it serves is loaded."""
-    warm = request.state.warm.done()
+    """Ready once every pipeline worker has embedded a face and every store is loaded."""
+    task = request.state.warm
+    warm = task.done() and not task.cancelled() and task.exception() is None
     ready = node.loaded and warm
     details = {
         "node_id": node.node_id,

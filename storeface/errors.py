@@ -183,6 +183,14 @@ class StoreNotHosted(ServiceUnavailable):
     default_message = "this shard node group does not host that store"
 
 
+class PipelineRestarting(ServiceUnavailable):
+    """A face-pipeline worker died mid-request (killed, out of memory): the pool is being
+    replaced; the request is not retried, in case the photo itself killed it."""
+
+    code = "pipeline_restarting"
+    default_message = "the face pipeline is restarting; try again shortly"
+
+
 class StorageUnavailable(ServiceUnavailable):
     code = "storage_unavailable"
     default_message = "the data store (Redis) did not answer; try again shortly"

@@ -5,6 +5,8 @@ httpx.MockTransport. No server process starts: this is the fast loop (`make test
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -111,3 +113,40 @@ async def test_the_api_docs_load_nothing_from_the_internet(apps: InProcess) -> N
     assert "http://" not in page.text and "https://" not in page.text
     assert "/docs-assets/swagger-ui-bundle.js" in page.text  # served: tests/test_cluster.py
     assert (await apps.gateway.get("/openapi.json")).json()["info"]["title"] == "Storeface gateway"
+
+
+def _pipeline_workers() -> list[int]:
+    """This process's face-pipeline workers (spawned children), from /proc."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if ppid == os.getpid() and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.anyio
+async def test_a_killed_pipeline_worker_costs_one_503_not_the_node(
+    apps: InProcess, faces: Path
+) -> None:
+    """A worker killed mid-life (out of memory, an operator) breaks its whole process pool:
+    the node answers 503 with Retry-After for what it held, restarts the pool, and serves."""
+    workers = _pipeline_workers()
+    assert workers, "no pipeline worker found to kill"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    statuses = []
+    for _ in range(30):
+        r = await _recognize(apps.gateway, "store-a", photo(faces, "Juanes", 1))
+        statuses.append(r.status_code)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503, r.text
+        assert r.headers["Retry-After"] == "1"
+    assert statuses[-1] == 200, statuses
+    assert 503 in statuses, "the kill went unnoticed: no request saw the broken pool"
+    assert not set(workers) & set(_pipeline_workers()), "new workers, not the killed ones"

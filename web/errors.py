@@ -23,8 +23,14 @@ def model_response(model: BaseModel, status_code: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
+RETRY_AFTER_S = 1  # a 503 here is a replica, worker pool or Redis coming back: seconds
+
+
 def error_response(exc: StorefaceError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status_code, content={"error": exc.to_dict()})
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status_code == 503 else None
+    return JSONResponse(
+        status_code=exc.status_code, content={"error": exc.to_dict()}, headers=headers
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -6,18 +6,24 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 import multiprocessing
 import os
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
-from shard_node.faces.base import Face, FacePipeline, analyze
+import numpy as np
+
+from shard_node.faces.base import Detection, Face, FacePipeline, analyze
 from shard_node.faces.registry import make_pipeline
+from storeface.errors import PipelineRestarting
 from storeface.images import ImageLimits, decode_image
 
+log = logging.getLogger("shard_node.faces.pool")
 _pipeline: FacePipeline | None = None
 
 
@@ -70,7 +76,13 @@ def analyze_in_worker(data: bytes, limits: ImageLimits, max_faces: int) -> Analy
     return analyze_bytes(_pipeline, data, limits, max_faces)
 
 
-def _ping() -> int:
+def warm_worker() -> int:
+    """Detect and embed once on a synthetic frame, so the first real request pays no
+    lazy initialisation (ONNX/dlib allocate on first use); returns this worker's pid."""
+    assert _pipeline is not None, "worker not initialised"
+    frame = np.full((480, 640, 3), 127, dtype=np.uint8)
+    _pipeline.detect(frame)
+    _pipeline.embed(frame, [Detection(x=240, y=160, w=160, h=160, score=1.0)])
     return os.getpid()
 
 
@@ -88,26 +100,59 @@ class FacePool:
         self.workers = workers or os.cpu_count() or 1
         self.limits = limits or ImageLimits()
         self.max_faces = max_faces
+        self._embedder = embedder
+        self._options = dict(options or {})
+        self._executor = self._start()
+        self.restarts = 0
+
+    def _start(self) -> ProcessPoolExecutor:
         # spawn: forking a process that holds faiss/OpenMP threads is not safe.
-        self._executor = ProcessPoolExecutor(
+        return ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=init_worker,
-            initargs=(embedder, dict(options or {})),
+            initargs=(self._embedder, self._options),
         )
 
     async def warm_up(self) -> None:
-        """Start every worker and load its models before the node says it is ready."""
+        """Start every worker, load its models and embed one face, before the node says it is
+        ready; the pool hands tasks to whichever worker is free, so ask until all answered."""
         loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(loop.run_in_executor(self._executor, _ping) for _ in range(self.workers * 2))
-        )
+        warmed: set[int] = set()
+        for _ in range(20):
+            executor = self._executor
+            try:
+                pids = await asyncio.gather(
+                    *(loop.run_in_executor(executor, warm_worker) for _ in range(self.workers))
+                )
+            except BrokenProcessPool:  # a worker died while loading: start over on a new pool
+                self._replace(executor)
+                warmed.clear()
+                continue
+            warmed.update(pids)
+            if len(warmed) >= self.workers:
+                return
 
     async def analyze(self, data: bytes, max_faces: int | None = None) -> Analysis:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, analyze_in_worker, data, self.limits, max_faces or self.max_faces
-        )
+        executor = self._executor
+        try:
+            return await loop.run_in_executor(
+                executor, analyze_in_worker, data, self.limits, max_faces or self.max_faces
+            )
+        except BrokenProcessPool:
+            self._replace(executor)
+            raise PipelineRestarting() from None
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """A worker died: every request on the old pool fails, so start a new one (once,
+        however many requests saw it break)."""
+        if self._executor is not broken:
+            return
+        self.restarts += 1
+        log.error("a face-pipeline worker died; restarting the pool (restart %d)", self.restarts)
+        broken.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._start()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the workers: queued work is dropped, running work gets `timeout` seconds,
