@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from storeface import wire
-from storeface.errors import RemoteError, ShardUnavailable
+from storeface.errors import Overloaded, RemoteError, ShardUnavailable
 
 log = logging.getLogger("gateway.shards")
 
@@ -23,6 +23,8 @@ def _raise_for_error(r: httpx.Response) -> None:
         code, message, details = err["code"], err["message"], err.get("details") or {}
     except (ValueError, KeyError, TypeError):
         code, message, details = "shard_error", r.text[:200], {}
+    if code == Overloaded.code:
+        raise Overloaded(f"the store's shard is at capacity: {message}")
     if r.status_code >= 500:
         raise ShardUnavailable(f"shard answered {r.status_code}: {message}", code=code)
     raise RemoteError(r.status_code, code, message, **details)
@@ -57,9 +59,11 @@ class ShardClient:
                 )
                 _raise_for_error(r)
                 return r
-            except (httpx.TransportError, ShardUnavailable) as exc:
+            except (httpx.TransportError, ShardUnavailable, Overloaded) as exc:
                 last = exc
                 log.warning("shard %s%s failed: %s", url, path, exc)
+        if isinstance(last, Overloaded):  # every replica is busy: say so, not "down"
+            raise last
         raise ShardUnavailable(f"no replica answered: {last}")
 
     async def identify(

@@ -90,7 +90,7 @@ async def ingest_folder(
             report.already += 1
             return
         try:
-            analysis = await pool.analyze(data)
+            analysis = await pool.analyze(data, wait=True)
             face = enrollable_face(analysis.faces, min_size, largest)
         except StorefaceError as exc:  # broken, no face, several, too small: listed, not added
             report.skipped.append((str(path), exc.code))

@@ -71,6 +71,7 @@ async def open_runtime(
             settings.detect_pixels,
         ),
         max_faces=settings.max_faces,
+        max_queue=settings.max_queue,
     )
     try:
         yield Runtime(group, group_embedder(group, settings), redis, FaceDB(redis), pool)

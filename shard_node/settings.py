@@ -24,6 +24,9 @@ class ShardSettings(BaseSettings):
     snapshot_dir: Path | None = Path(".data/snapshots")
     snapshot_interval_s: float = 30.0
     workers: int = 0  # face-pipeline processes; 0 = this host's cores ÷ the replicas it runs
+    # Photos in the pipeline (running + waiting) before it answers 503 overloaded; 0 = 4 per
+    # worker: enough to keep every worker busy, short enough that a wait stays well under 1 s.
+    max_queue: int = 0
     max_image_bytes: int = MAX_IMAGE_BYTES
     max_pixels: int = 40_000_000
     max_side: int = 1600

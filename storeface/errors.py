@@ -183,6 +183,14 @@ class StoreNotHosted(ServiceUnavailable):
     default_message = "this shard node group does not host that store"
 
 
+class Overloaded(ServiceUnavailable):
+    """More requests than the face pipeline can queue: refused at once, before anything is
+    recorded, so a camera retries (or nginx tries another replica) instead of waiting."""
+
+    code = "overloaded"
+    default_message = "the face pipeline is at capacity; try again shortly"
+
+
 class PipelineRestarting(ServiceUnavailable):
     """A face-pipeline worker died mid-request (killed, out of memory): the pool is being
     replaced; the request is not retried, in case the photo itself killed it."""

@@ -48,9 +48,14 @@ def _lifespan(app: Any) -> LifespanManager:
 
 @asynccontextmanager
 async def in_process(
-    work: Path, redis_url: str, nodes: dict[str, list[str]], region: str = "north"
+    work: Path,
+    redis_url: str,
+    nodes: dict[str, list[str]],
+    region: str = "north",
+    shard_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[InProcess]:
-    """Node groups (id → its stores) and a gateway, all in this process, ready to serve."""
+    """Node groups (id → its stores) and a gateway, all in this process, ready to serve;
+    `shard_options` are more ShardSettings for every node."""
     stores_file = work / "stores.yaml"
     doc = {
         "nodes": [{"id": n, "replicas": 1, "urls": [f"http://{n}"]} for n in nodes],
@@ -69,6 +74,7 @@ async def in_process(
                 workers=1,
                 snapshot_dir=work / node,
                 feed_block_ms=100,
+                **(shard_options or {}),
             )
             manager = await stack.enter_async_context(_lifespan(create_shard(settings)))
             shards[node] = httpx.ASGITransport(app=manager.app)

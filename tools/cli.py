@@ -214,7 +214,9 @@ async def _analyze_all(
     async def one(path: Path) -> list[Face] | str:
         async with limit:
             try:
-                faces = (await pool.analyze(await asyncio.to_thread(path.read_bytes))).faces
+                faces = (
+                    await pool.analyze(await asyncio.to_thread(path.read_bytes), wait=True)
+                ).faces
                 return faces or NoFace.code
             except StorefaceError as exc:
                 return exc.code

@@ -20,7 +20,7 @@ import numpy as np
 
 from shard_node.faces.base import Detection, Face, FacePipeline, analyze
 from shard_node.faces.registry import make_pipeline
-from storeface.errors import PipelineRestarting
+from storeface.errors import Overloaded, PipelineRestarting
 from storeface.images import ImageLimits, decode_image
 
 log = logging.getLogger("shard_node.faces.pool")
@@ -96,8 +96,11 @@ class FacePool:
         workers: int | None = None,
         limits: ImageLimits | None = None,
         max_faces: int = 10,
+        max_queue: int = 0,
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
+        self.max_queue = max_queue or 4 * self.workers
+        self.pending = 0  # photos submitted and not answered yet
         self.limits = limits or ImageLimits()
         self.max_faces = max_faces
         self._embedder = embedder
@@ -133,9 +136,16 @@ class FacePool:
             if len(warmed) >= self.workers:
                 return
 
-    async def analyze(self, data: bytes, max_faces: int | None = None) -> Analysis:
+    async def analyze(
+        self, data: bytes, max_faces: int | None = None, *, wait: bool = False
+    ) -> Analysis:
+        """The faces of one photo; refused at once when the queue is full, unless `wait`
+        (background work such as a gallery ingest, which bounds its own concurrency)."""
+        if self.pending >= self.max_queue and not wait:
+            raise Overloaded(queued=self.pending, max_queue=self.max_queue)
         loop = asyncio.get_running_loop()
         executor = self._executor
+        self.pending += 1
         try:
             return await loop.run_in_executor(
                 executor, analyze_in_worker, data, self.limits, max_faces or self.max_faces
@@ -143,6 +153,8 @@ class FacePool:
         except BrokenProcessPool:
             self._replace(executor)
             raise PipelineRestarting() from None
+        finally:
+            self.pending -= 1
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         """A worker died: every request on the old pool fails, so start a new one (once,
