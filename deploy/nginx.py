@@ -20,6 +20,37 @@ TOO_LARGE = (
     f'"message":"the upload is larger than {MAX_BODY_MB} MB"}}}}'
 )
 NO_UPSTREAM = '{"error":{"code":"shard_unavailable","message":"no such node group upstream"}}'
+# nginx's own answers (not the services', which pass through untouched: no
+# proxy_intercept_errors) in the API's error model, so a client parses one format.
+NGINX_ERRORS = {
+    400: ("bad_request", "the request is malformed"),
+    405: ("method_not_allowed", "the method is not allowed here"),
+    408: ("request_timeout", "the request was not received in time"),
+    414: ("uri_too_long", "the request URI is too long"),
+    494: ("headers_too_large", "the request headers are too large"),
+    500: ("proxy_error", "the front door failed"),
+    502: ("{behind}_unavailable", "no {behind} answered"),
+    504: ("{behind}_timeout", "the {behind} did not answer in time"),
+}
+ALLOWED_METHODS = "GET, POST, PUT, DELETE"
+
+
+def error_pages(behind: str, indent: str = "        ") -> str:
+    """error_page directives and their named locations, one JSON body per status;
+    `behind` names what the server proxies to (gateway, shard)."""
+    lines = []
+    for status, (code, message) in NGINX_ERRORS.items():
+        code, message = code.format(behind=behind), message.format(behind=behind)
+        body = f'{{"error":{{"code":"{code}","message":"{message}"}}}}'
+        allow = f' add_header Allow "{ALLOWED_METHODS}" always;' if status == 405 else ""
+        # A URI, not a named location: nginx cannot jump to a named one from a request
+        # line it could not parse (400, 414), and answers its own HTML 500 instead.
+        lines.append(f"{indent}error_page {status} /_error/{status};")
+        lines.append(
+            f"{indent}location = /_error/{status} {{ internal; default_type application/json;"
+            f"{allow} return {status} '{body}'; }}"
+        )
+    return "\n".join(lines)
 
 
 def render(
@@ -112,6 +143,7 @@ http {{
     # The front door: cameras and tills.
     server {{
         listen {listen}{c.front_port};
+{error_pages("gateway")}
         error_page 413 = @too_large;
         location @too_large {{
             default_type application/json;
@@ -137,6 +169,7 @@ http {{
     # The gateways' way to each node group's replicas.
     server {{
         listen {listen}{c.shard_proxy_port};
+{error_pages("shard")}
 {chr(10).join(locations)}
         location / {{
             default_type application/json;

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from deploy import compose, nginx
 from deploy.topology import find_binary, plan
 from storeface.stores import load_stores, parse_stores
+from tools.servers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = load_stores(ROOT / "config" / "stores.yaml")
@@ -111,3 +115,64 @@ def test_the_image_holds_every_package_the_services_import() -> None:
             imported |= set(re.findall(r"^(?:from|import) (\w+)", path.read_text(), re.M)) & own
     assert imported >= {"storeface", "web", "gateway", "shard_node"}
     assert imported <= copied, f"the Dockerfile does not COPY {sorted(imported - copied)}"
+
+
+def _http(port: int, raw: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """Send raw bytes to 127.0.0.1:port; the status, headers and JSON body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(raw)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def test_nginx_answers_its_own_errors_in_the_api_error_model(tmp_path: Path) -> None:
+    """A client parses one error format: nginx's own 4xx/5xx are the API's JSON, with Allow
+    on a 405, and a gateway that is down is a JSON 502."""
+    taken: set[int] = set()
+    front, proxy, gateway = (free_port(taken=taken) for _ in range(3))  # gateway: nobody
+    cfg = parse_stores(
+        f"cluster:\n  front_port: {front}\n  shard_proxy_port: {proxy}\n"
+        f"  gateway_port: {gateway}\n  gateway_replicas: 1\n"
+        "stores:\n  - id: a\n"
+    )
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(nginx.render(cfg, tmp_path))
+    for sub in ("client_body_temp", "proxy_temp"):
+        (tmp_path / sub).mkdir()
+    proc = subprocess.Popen(
+        [find_binary("nginx"), "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: _port_open(front), timeout=10, what="nginx to listen")
+        status, _, body = _http(
+            front, b"GET /v1/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert (status, body["error"]["code"]) == (502, "gateway_unavailable")
+        status, headers, body = _http(
+            front, b"TRACE / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert (status, body["error"]["code"]) == (405, "method_not_allowed")
+        assert headers["Allow"] == nginx.ALLOWED_METHODS
+        long_uri = b"/v1/" + b"x" * 20_000
+        status, _, body = _http(front, b"GET " + long_uri + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (status, body["error"]["code"]) == (414, "uri_too_long")
+        status, _, body = _http(front, b"GARBAGE\r\n\r\n")
+        assert (status, body["error"]["code"]) == (400, "bad_request")
+        status, _, body = _http(
+            proxy, b"GET /a/v1/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert (status, body["error"]["code"]) == (502, "shard_unavailable")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
