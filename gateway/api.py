@@ -29,6 +29,12 @@ from web.errors import model_response
 from web.uploads import read_upload
 
 router = APIRouter()
+# (method, path) of the operations that can answer 409, for the OpenAPI (web/openapi.py)
+CONFLICTS = {
+    ("post", "/v1/stores/{store_id}/faces"),
+    ("post", "/v1/faces/{face_id}/merge"),
+    ("put", "/v1/faces/{face_id}/member"),
+}
 
 StoreForm = Annotated[str, Form(min_length=1, max_length=64)]
 Image = Annotated[UploadFile, File(description="a photo or camera frame")]

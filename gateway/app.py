@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.analytics import Analytics
-from gateway.api import router
+from gateway.api import CONFLICTS, router
 from gateway.auth import KeyRing
 from gateway.recognition import Counters, Gateway
 from gateway.routing import StoreMap
@@ -26,6 +26,7 @@ from storeface.tasks import stop_tasks
 from web.docs import install_docs
 from web.errors import install_error_handlers
 from web.metrics import instrument, stage_observer
+from web.openapi import install_openapi
 
 
 class GatewayState(TypedDict):
@@ -83,6 +84,7 @@ def create_app(
     install_error_handlers(app)
     instrument(app, registry, "gateway")
     app.include_router(router)
+    install_openapi(app, CONFLICTS)
     return app
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
 
 from gateway.auth import KeyRing
 from gateway.recognition import Gateway
@@ -20,8 +21,17 @@ def get_keys(request: Request) -> KeyRing:
     return keys
 
 
-def api_key(x_api_key: Annotated[str | None, Header()] = None) -> str | None:
-    return x_api_key
+# A security scheme, not a plain header: the OpenAPI says which operations need a key, and
+# a missing key is our own 401 (auto_error=False), in the error model.
+API_KEY = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="the admin key, or a camera key that sees only its stores",
+)
+
+
+def api_key(key: Annotated[str | None, Security(API_KEY)]) -> str | None:
+    return key
 
 
 def require_admin(

@@ -14,6 +14,11 @@ from web.errors import model_response
 from web.uploads import read_upload
 
 router = APIRouter()
+# (method, path) of the operations that can answer 409, for the OpenAPI (web/openapi.py)
+CONFLICTS = {
+    ("post", "/v1/stores/{store_id}/faces"),
+    ("post", "/v1/stores/{store_id}/faces/embedding"),
+}
 
 
 @router.post("/v1/stores/{store_id}/identify", response_model=wire.IdentifyResponse)

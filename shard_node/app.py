@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shard_node.api import router
+from shard_node.api import CONFLICTS, router
 from shard_node.index import IndexPolicy
 from shard_node.node import Node, NodeOptions
 from shard_node.runtime import group_embedder, node_group, open_runtime
@@ -22,6 +22,7 @@ from storeface.tasks import stop_tasks
 from web.docs import install_docs
 from web.errors import install_error_handlers
 from web.metrics import instrument, stage_observer
+from web.openapi import install_openapi
 
 
 class ShardState(TypedDict):
@@ -86,6 +87,7 @@ def create_app(settings: ShardSettings) -> FastAPI:
     install_error_handlers(app)
     instrument(app, registry, "shard")
     app.include_router(router)
+    install_openapi(app, CONFLICTS)
     return app
 
 

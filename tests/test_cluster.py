@@ -8,7 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import hypothesis
 import pytest
+import schemathesis
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.conftest import photo
 from tests.support import LocalCluster, wait_until
@@ -17,6 +25,7 @@ pytestmark = pytest.mark.slow  # starts server processes or embeds many photos
 
 NODES = [{"id": "node-1", "replicas": 2}, {"id": "node-2", "replicas": 1}]
 PLACEMENT: dict[str, str | None] = {}  # store → node group, as stores.yaml now says
+FUZZ_EXAMPLES = 400  # about a minute through the front door here
 
 
 def place(cluster: LocalCluster, placement: dict[str, str | None]) -> None:
@@ -271,3 +280,30 @@ def test_a_new_group_of_its_own_starts_its_replica(cluster: LocalCluster, faces:
         )
     assert "shard-store-e-1" in cluster.programs()
     assert cluster.program_pid("shard-node-1-2") == before, "other groups are untouched"
+
+
+def test_every_answer_is_in_the_openapi(cluster: LocalCluster) -> None:
+    """A bounded, seeded fuzz of the public API through the front door: no server error,
+    no status the OpenAPI does not declare, every body as its schema says."""
+    schema = schemathesis.openapi.from_url(f"{cluster.front}/openapi.json")
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
+    headers = {"X-API-Key": cluster.admin_key()}
+
+    @hypothesis.settings(
+        max_examples=FUZZ_EXAMPLES,
+        derandomize=True,  # the same requests every run
+        deadline=None,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    @hypothesis.given(case=schema.as_strategy())
+    def fuzz(case: schemathesis.Case) -> None:
+        response = case.call(base_url=cluster.front, headers=headers, timeout=30)
+        case.validate_response(response, checks=checks, headers=headers)
+
+    fuzz()
