@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,13 @@ import redis as redis_lib
 from storeface.paths import faces_dir
 from tests.support import RedisServer
 from tools.dataset import EmbeddedSet, embed_folder
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run stopped with SIGTERM (`timeout`, CI giving up) tears its fixtures down as on
+    Ctrl-C: the Redis, shard and nginx processes they started are stopped, not orphaned."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
 
 FACES = faces_dir()
 
