@@ -117,16 +117,18 @@ class FacePool:
             initargs=(self._embedder, self._options),
         )
 
-    async def warm_up(self) -> None:
+    async def warm_up(self, embed: bool = True) -> None:
         """Start every worker, load its models and embed one face, before the node says it is
-        ready; the pool hands tasks to whichever worker is free, so ask until all answered."""
+        ready; the pool hands tasks to whichever worker is free, so ask until all answered.
+        `embed=False` only starts them (what a node did before: bench/warmstart.py)."""
         loop = asyncio.get_running_loop()
+        warm = warm_worker if embed else os.getpid
         warmed: set[int] = set()
         for _ in range(20):
             executor = self._executor
             try:
                 pids = await asyncio.gather(
-                    *(loop.run_in_executor(executor, warm_worker) for _ in range(self.workers))
+                    *(loop.run_in_executor(executor, warm) for _ in range(self.workers))
                 )
             except BrokenProcessPool:  # a worker died while loading: start over on a new pool
                 self._replace(executor)
