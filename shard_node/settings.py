@@ -24,8 +24,8 @@ class ShardSettings(BaseSettings):
     snapshot_dir: Path | None = Path(".data/snapshots")
     snapshot_interval_s: float = 30.0
     workers: int = 0  # face-pipeline processes; 0 = this host's cores ÷ the replicas it runs
-    # Photos in the pipeline (running + waiting) before it answers 503 overloaded; 0 = 4 per
-    # worker: enough to keep every worker busy, short enough that a wait stays well under 1 s.
+    # Photos in the pipeline (running + waiting) before it answers 503 overloaded; 0 = 2 per
+    # worker: every worker stays busy, and an admitted photo waits at most one photo's time.
     max_queue: int = 0
     max_image_bytes: int = MAX_IMAGE_BYTES
     max_pixels: int = 40_000_000

@@ -99,7 +99,7 @@ class FacePool:
         max_queue: int = 0,
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
-        self.max_queue = max_queue or 4 * self.workers
+        self.max_queue = max_queue or 2 * self.workers
         self.pending = 0  # photos submitted and not answered yet
         self.limits = limits or ImageLimits()
         self.max_faces = max_faces
