@@ -464,6 +464,7 @@ def load(
             content_type, body = bodies[(offset + i) % len(bodies)]
             t0 = time.perf_counter()
             answer: dict[str, Any] | None = None
+            retry_after = 0.0
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(host, target.port, timeout=120)
@@ -479,6 +480,7 @@ def load(
                 status = str(r.status)
                 if r.status == 200:
                     answer = json.loads(raw)
+                retry_after = float(r.getheader("Retry-After") or 0) if r.status == 503 else 0
                 if r.will_close:
                     conn.close()
                     conn = None
@@ -489,6 +491,8 @@ def load(
                 conn = None
             with lock:
                 level.record(ms, status, answer)
+            # A refused camera waits as told (503 overloaded + Retry-After), as a real one does.
+            time.sleep(min(retry_after, max(0.0, deadline[0] - time.perf_counter())))
         if conn is not None:
             conn.close()
 

@@ -149,9 +149,12 @@ http {{
             default_type application/json;
             return 413 '{TOO_LARGE}';
         }}
+        # Not on a gateway's 503: that is its store's shard or Redis (which every gateway
+        # shares) or overload; retried, it would also count against the gateway and mark it
+        # down for fail_timeout, taking the front door out in a burst.
         location / {{
             proxy_pass http://gateway;
-            proxy_next_upstream error timeout http_502 http_503 http_504;
+            proxy_next_upstream error timeout http_502 http_504;
             proxy_next_upstream_tries 2;
         }}
         location = /metrics {{
@@ -161,7 +164,7 @@ http {{
 {per_gateway}
         location ~ {FRONT_RETRYABLE} {{
             proxy_pass http://gateway;
-            proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
+            proxy_next_upstream error timeout http_502 http_504 non_idempotent;
             proxy_next_upstream_tries 2;
         }}
     }}

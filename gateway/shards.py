@@ -13,6 +13,7 @@ from storeface import wire
 from storeface.errors import Overloaded, RemoteError, ShardUnavailable
 
 log = logging.getLogger("gateway.shards")
+BUSY_RETRIES = 1  # a group behind nginx: how many more replicas to ask when one is busy
 
 
 def _raise_for_error(r: httpx.Response) -> None:
@@ -23,7 +24,7 @@ def _raise_for_error(r: httpx.Response) -> None:
         code, message, details = err["code"], err["message"], err.get("details") or {}
     except (ValueError, KeyError, TypeError):
         code, message, details = "shard_error", r.text[:200], {}
-    if code == Overloaded.code:
+    if code == Overloaded.code:  # a busy replica (429): another may have room
         raise Overloaded(f"the store's shard is at capacity: {message}")
     if r.status_code >= 500:
         raise ShardUnavailable(f"shard answered {r.status_code}: {message}", code=code)
@@ -52,14 +53,24 @@ class ShardClient:
         if len(urls) > 1:  # a plain replica list: spread the load, keep the failover
             start = next(self._turn) % len(urls)
             urls = urls[start:] + urls[:start]
-        for url in urls if retry else urls[:1]:
+        attempts = list(urls if retry else urls[:1])
+        # A busy replica recorded nothing, so even a write may try again; through nginx (one
+        # URL) the next try goes to its next replica.
+        busy_retries = BUSY_RETRIES if len(attempts) == 1 else 0
+        while attempts:
+            url = attempts.pop(0)
             try:
                 r = await self.client.request(
                     method, f"{url}{path}", timeout=deadline_s or self.timeout, **kwargs
                 )
                 _raise_for_error(r)
                 return r
-            except (httpx.TransportError, ShardUnavailable, Overloaded) as exc:
+            except Overloaded as exc:
+                last = exc
+                if busy_retries:
+                    busy_retries -= 1
+                    attempts.append(url)
+            except (httpx.TransportError, ShardUnavailable) as exc:
                 last = exc
                 log.warning("shard %s%s failed: %s", url, path, exc)
         if isinstance(last, Overloaded):  # every replica is busy: say so, not "down"

@@ -184,11 +184,21 @@ class StoreNotHosted(ServiceUnavailable):
 
 
 class Overloaded(ServiceUnavailable):
-    """More requests than the face pipeline can queue: refused at once, before anything is
-    recorded, so a camera retries (or nginx tries another replica) instead of waiting."""
+    """Every replica of a store's group is at capacity: refused at once, before anything is
+    recorded, so a camera retries after Retry-After instead of waiting."""
 
     code = "overloaded"
-    default_message = "the face pipeline is at capacity; try again shortly"
+    default_message = "the store's shard is at capacity; try again shortly"
+
+
+class ReplicaBusy(StorefaceError):
+    """One shard replica's pipeline queue is full. 429, not 503: nginx counts a retried 503
+    against the replica and marks it down for fail_timeout, so a burst would take every
+    busy replica out; the gateway tries another replica itself, then answers Overloaded."""
+
+    status_code = 429
+    code = "overloaded"
+    default_message = "this replica's face pipeline is at capacity"
 
 
 class PipelineRestarting(ServiceUnavailable):

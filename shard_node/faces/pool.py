@@ -20,7 +20,7 @@ import numpy as np
 
 from shard_node.faces.base import Detection, Face, FacePipeline, analyze
 from shard_node.faces.registry import make_pipeline
-from storeface.errors import Overloaded, PipelineRestarting
+from storeface.errors import PipelineRestarting, ReplicaBusy
 from storeface.images import ImageLimits, decode_image
 
 log = logging.getLogger("shard_node.faces.pool")
@@ -144,7 +144,7 @@ class FacePool:
         """The faces of one photo; refused at once when the queue is full, unless `wait`
         (background work such as a gallery ingest, which bounds its own concurrency)."""
         if self.pending >= self.max_queue and not wait:
-            raise Overloaded(queued=self.pending, max_queue=self.max_queue)
+            raise ReplicaBusy(queued=self.pending, max_queue=self.max_queue)
         loop = asyncio.get_running_loop()
         executor = self._executor
         self.pending += 1
