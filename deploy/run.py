@@ -16,12 +16,14 @@ from pathlib import Path
 import httpx
 import yaml
 
-from deploy import nginx
+from deploy import nginx, redis_ha
 from deploy.topology import ROOT, Program, plan
+from storeface.embedders import AUTO, resolve_embedder
 from storeface.errors import ConfigError
+from storeface.paths import models_dir
 from storeface.stores import StoresFile, load_stores
 
-PRIORITY = {"redis": 10, "shard": 20, "gateway": 30, "nginx": 40}
+PRIORITY = {"sentinel": 5, "redis": 10, "shard": 20, "gateway": 30, "nginx": 40}
 
 
 def ensure_keys(run_dir: Path, cfg: StoresFile) -> Path:
@@ -148,6 +150,25 @@ def wait_front(cfg: StoresFile, timeout: float) -> bool:
     return False
 
 
+def embedder_lines(cfg: StoresFile) -> str:
+    """Which embedder each node group runs, and a warning where none was named and the
+    accurate one's model files are missing (a store already built keeps its own)."""
+    lines = []
+    for g in cfg.groups():
+        name, note = resolve_embedder(g.embedder, {"models_dir": str(models_dir())})
+        try:  # what the node runs, which a store built earlier may have decided
+            info = httpx.get(f"{cfg.node_urls(g.id)[0]}/v1/info", timeout=2).json()
+            name, note = info["embedder"], info.get("embedder_note") or ""
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass  # not up (or not this version): what it will run, from the model files
+        lines.append(
+            f"  embedder: {g.id} runs {name}" + (" (default)" if g.embedder == AUTO else "")
+        )
+        if note:
+            lines.append(f"  WARNING {g.id}: {note}")
+    return "\n".join(lines) + "\n"
+
+
 def banner(cfg: StoresFile, keys: Path, seconds: float) -> str:
     c = cfg.cluster
     front = f"http://{c.host}:{c.front_port}"
@@ -156,10 +177,11 @@ def banner(cfg: StoresFile, keys: Path, seconds: float) -> str:
         for g in cfg.groups()
     )
     photo = "../shared/faces/lfw_dev/George_Clooney/George_Clooney_0001.jpg"
+    embedders = embedder_lines(cfg)
     return f"""
 Storeface is up in {seconds:.0f}s at {front}  (API docs: {front}/docs)
   nodes:   {nodes}
-  keys:    {keys}  (the admin key and one camera key per store)
+{embedders}  keys:    {keys}  (the admin key and one camera key per store)
   try:     export STOREFACE_API_KEY=$(.venv/bin/python -m deploy.run admin-key)
            curl -s -H "X-API-Key: $STOREFACE_API_KEY" -F store_id=store-a -F image=@{photo} \\
              {front}/v1/recognize
@@ -172,7 +194,9 @@ def up(cluster: Cluster) -> int:
     t0 = time.monotonic()
     cfg = cluster.write()
     c = cfg.cluster
-    busy = [p for p in [c.front_port, c.shard_proxy_port, c.redis_port] if not port_free(c.host, p)]
+    ports = [c.front_port, c.shard_proxy_port, c.redis_port, redis_ha.replica_port(c.redis_port)]
+    ports += redis_ha.sentinel_ports(c.redis_port)
+    busy = [p for p in ports if not port_free(c.host, p)]
     if busy:
         print(
             f"ports in use: {busy}: is a cluster already running? (see {cluster.run_dir})",

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy import redis_ha
 from storeface.paths import models_dir
 from storeface.stores import StoresFile
 
@@ -68,6 +69,28 @@ def redis_url(cfg: StoresFile) -> str:
     return f"redis://{cfg.cluster.host}:{cfg.cluster.redis_port}/0"
 
 
+def redis_programs(cfg: StoresFile, run_dir: Path) -> list[Program]:
+    """Three Sentinels, then the first primary and its replica (each its own directory)."""
+    c = cfg.cluster
+    primary = f"{c.host}:{c.redis_port}"
+    replica = f"{c.host}:{redis_ha.replica_port(c.redis_port)}"
+    sentinels = redis_ha.sentinel_addrs(c.host, c.redis_port)
+    programs = [
+        Program(
+            f"sentinel-{i}",
+            redis_ha.sentinel_command(p, c.host, run_dir / f"sentinel-{i}", primary),
+            port=p,
+        )
+        for i, p in enumerate(redis_ha.sentinel_ports(c.redis_port), start=1)
+    ]
+    for i, (me, peer) in enumerate([(primary, replica), (replica, primary)], start=1):
+        port = int(me.rsplit(":", 1)[1])
+        directory = run_dir / "redis" if i == 1 else run_dir / f"redis-{i}"
+        argv = redis_ha.node_command(port, c.host, directory, primary, sentinels, peer)
+        programs.append(Program(f"redis-{i}", argv, port=port))
+    return programs
+
+
 def plan(
     cfg: StoresFile,
     stores_file: Path,
@@ -80,11 +103,11 @@ def plan(
     common = {
         "STOREFACE_STORES_FILE": str(stores_file.resolve()),
         "STOREFACE_REDIS_URL": redis_url(cfg),
+        "STOREFACE_REDIS_SENTINELS": redis_ha.sentinel_addrs(c.host, c.redis_port),
+        "STOREFACE_REDIS_SERVICE": redis_ha.SERVICE,
         "STOREFACE_MODELS_DIR": str(models_dir().resolve()),
     }
-    programs = [
-        Program("redis", redis_command(c.redis_port, c.host, run_dir / "redis"), port=c.redis_port)
-    ]
+    programs = redis_programs(cfg, run_dir)
     for group in cfg.groups():
         if group.urls:  # replicas that run elsewhere
             continue

@@ -34,6 +34,48 @@ return 1 + first
 """
 
 
+_DROP_VISITS = """
+-- KEYS: visits:{sid}   ARGV: FaceIds whose recent visit events go
+local gone, want, from = 0, {}, '-'
+for i = 1, #ARGV do want[ARGV[i]] = true end
+while true do
+  local rows = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', 1000)
+  for _, row in ipairs(rows) do
+    local f = row[2]
+    for j = 1, #f, 2 do
+      if f[j] == 'fid' then
+        if want[f[j + 1]] then
+          redis.call('XDEL', KEYS[1], row[1])
+          gone = gone + 1
+        end
+        break
+      end
+    end
+  end
+  if #rows < 1000 then return gone end
+  from = '(' .. rows[#rows][1]
+end
+"""
+
+
+_FORGET = """
+-- ARGV: FaceIds. Their first-seen times, dedupe keys and visited sets go; answers the
+-- (store, FaceId) pairs whose recent visit events are still to drop (_DROP_VISITS).
+local out = {}
+for i = 1, #ARGV do
+  local fid = ARGV[i]
+  for _, sid in ipairs(redis.call('SMEMBERS', 'face:' .. fid .. ':visited')) do
+    redis.call('HDEL', 'store:' .. sid .. ':first_seen', fid)
+    redis.call('DEL', 'seen:' .. sid .. ':' .. fid)
+    out[#out + 1] = sid
+    out[#out + 1] = fid
+  end
+  redis.call('DEL', 'face:' .. fid .. ':visited')
+end
+return out
+"""
+
+
 def day_of(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
 
@@ -45,6 +87,8 @@ class Analytics:
         self.redis: Any = redis
         self.window_s = window_s
         self._record = redis.register_script(_RECORD)
+        self._drop_visits = redis.register_script(_DROP_VISITS)
+        self._forget = redis.register_script(_FORGET)
 
     async def record(
         self, store_id: str, face_id: int, is_member: bool, now: float | None = None
@@ -82,19 +126,18 @@ class Analytics:
 
     async def days(self, store_id: str, first: dt.date, last: dt.date) -> list[DayStats]:
         days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+        bases = [f"stats:{store_id}:{d:%Y-%m-%d}" for d in days]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for d in days:
-                base = f"stats:{store_id}:{d:%Y-%m-%d}"
-                pipe.get(f"{base}:pv")
-                pipe.pfcount(f"{base}:uv")
-                pipe.get(f"{base}:new")
-                pipe.get(f"{base}:member_pv")
-                pipe.pfcount(f"{base}:member_uv")
-            raw = await pipe.execute()
+            for counter in ("pv", "new", "member_pv"):
+                pipe.mget([f"{b}:{counter}" for b in bases])
+            for b in bases:
+                pipe.pfcount(f"{b}:uv")
+                pipe.pfcount(f"{b}:member_uv")
+            pvs, news, mpvs, *hlls = await pipe.execute()
         out = []
         for i, d in enumerate(days):
-            pv, uv, new, mpv, muv = raw[i * 5 : i * 5 + 5]
-            uv, new = int(uv or 0), int(new or 0)
+            pv, new, mpv = pvs[i], int(news[i] or 0), mpvs[i]
+            uv, muv = int(hlls[2 * i] or 0), hlls[2 * i + 1]
             out.append(
                 DayStats(
                     day=f"{d:%Y-%m-%d}",
@@ -106,6 +149,35 @@ class Analytics:
                     member_uv=int(muv or 0),
                 )
             )
+        return out
+
+    async def recent_days(
+        self, store_ids: list[str], last: dt.date, days: int = 30
+    ) -> dict[str, dict[str, Any]]:
+        """Per store, the counters of the `days` days up to `last`, oldest first (`pv`, `new`,
+        `member_pv`), and distinct visitors on the last day, the last 7 and all `days`: six
+        commands a store, in one round trip for all of them."""
+        span = [f"{last - dt.timedelta(days=i):%Y-%m-%d}" for i in range(days - 1, -1, -1)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in store_ids:
+                for counter in ("pv", "new", "member_pv"):
+                    pipe.mget([f"stats:{sid}:{d}:{counter}" for d in span])
+                uv = [f"stats:{sid}:{d}:uv" for d in span]
+                pipe.pfcount(uv[-1])
+                pipe.pfcount(*uv[-7:])
+                pipe.pfcount(*uv)
+            raw = await pipe.execute()
+        out = {}
+        for i, sid in enumerate(store_ids):
+            pv, new, mpv, uv1, uv7, uv_all = raw[i * 6 : i * 6 + 6]
+            out[sid] = {
+                "pv": [int(v or 0) for v in pv],
+                "new": [int(v or 0) for v in new],
+                "member_pv": [int(v or 0) for v in mpv],
+                "uv_last_day": int(uv1),
+                "uv_last_7": int(uv7),
+                "uv_all": int(uv_all),
+            }
         return out
 
     async def unique_visitors(self, store_id: str, first: dt.date, last: dt.date) -> int:
@@ -121,21 +193,41 @@ class Analytics:
 
         Daily HyperLogLogs hold no identities (only hashed registers), so counts stay.
         """
-        stores = [
-            s.decode() if isinstance(s, bytes) else s
-            for s in await self.redis.smembers(f"face:{face_id}:visited")
+        await self.erase_faces([face_id])
+
+    async def erase_faces(self, face_ids: list[int], visits: bool = True) -> dict[str, set[int]]:
+        """`erase_face` for several people in one call. With `visits` False, their recent
+        visit events stay for a later `drop_visits` of what this answers (store → FaceIds):
+        a sweep reads each store's events once, not once per batch."""
+        if not face_ids:
+            return {}
+        flat = await self._forget(args=face_ids)
+        pending: dict[str, set[int]] = {}
+        for i in range(0, len(flat), 2):
+            sid = flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i])
+            pending.setdefault(sid, set()).add(int(flat[i + 1]))
+        if not visits:
+            return pending
+        await self.drop_visits(pending)
+        return {}
+
+    async def drop_visits(self, pending: dict[str, set[int]]) -> None:
+        """Remove these FaceIds' recent visit events: one pass over each store's, in Redis."""
+        for sid, fids in pending.items():
+            await self._drop_visits(keys=[f"visits:{sid}"], args=sorted(fids))
+
+    async def recent(self, store_id: str, limit: int) -> list[dict[str, Any]]:
+        """A store's latest counted visits, newest first: FaceId, time, new or not, member."""
+        rows = await self.redis.xrevrange(f"visits:{store_id}", "+", "-", count=limit)
+        return [
+            {
+                "face_id": int(f[b"fid"]),
+                "ts": float(f[b"ts"]),
+                "new": f.get(b"new") == b"1",
+                "member": f.get(b"member") == b"1",
+            }
+            for _, f in rows
         ]
-        for sid in stores:
-            await self.redis.hdel(f"store:{sid}:first_seen", face_id)
-            await self.redis.delete(f"seen:{sid}:{face_id}")
-            stale = [
-                eid
-                for eid, fields in await self.redis.xrange(f"visits:{sid}")
-                if fields.get(b"fid") == str(face_id).encode()
-            ]
-            if stale:
-                await self.redis.xdel(f"visits:{sid}", *stale)
-        await self.redis.delete(f"face:{face_id}:visited")
 
     async def merge_faces(self, keep: int, gone: int) -> None:
         """One person's visit history under one FaceId: the earlier first sighting per store

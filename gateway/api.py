@@ -9,19 +9,26 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from gateway import recognition, service
+from gateway import insights, recognition, service
 from gateway.auth import KeyRing
 from gateway.deps import Admin, ApiKey, GatewayDep, KeysDep
 from gateway.models import (
+    AuditPage,
+    Me,
     MemberBinding,
     MemberBindingResponse,
     MergeRequest,
     MergeResponse,
+    Overview,
     PhotoEraseResponse,
     RecognizeResponse,
     SearchResponse,
     StatsResponse,
+    StoreHealth,
+    SweepRequest,
+    SweepResponse,
     VerifyResponse,
+    VisitsResponse,
 )
 from gateway.recognition import Gateway
 from storeface import wire
@@ -34,6 +41,7 @@ CONFLICTS = {
     ("post", "/v1/stores/{store_id}/faces"),
     ("post", "/v1/faces/{face_id}/merge"),
     ("put", "/v1/faces/{face_id}/member"),
+    ("post", "/v1/retention/sweep"),
 }
 
 StoreForm = Annotated[str, Form(min_length=1, max_length=64)]
@@ -146,6 +154,8 @@ async def enroll(
 async def erase_by_photo(
     request: Request,
     gw: GatewayDep,
+    keys: KeysDep,
+    key: ApiKey,
     image: Image,
     store_id: Annotated[str | None, Form(description="embed with this store's embedder")] = None,
     max_distance: Annotated[float | None, Form(gt=0, description="default: strict")] = None,
@@ -153,13 +163,25 @@ async def erase_by_photo(
     """Erase by photo: every FaceId, in every store, that matches the photo's largest face
     under a strict threshold (0.8 × the store's), erased everywhere; answers which."""
     data = await read_upload(image, _limit(request))
-    return await service.erase_by_photo(gw, data, store_id, max_distance)
+    return await service.erase_by_photo(gw, data, store_id, max_distance, keys.key_id(key))
+
+
+Reason = Annotated[
+    str,
+    Query(
+        pattern=r"^[A-Za-z0-9 _.:#/-]{1,80}$",
+        description="why, for the audit trail (a ticket number; no personal data)",
+    ),
+]
 
 
 @router.delete("/v1/faces/{face_id}", response_model=wire.EraseResponse, dependencies=[Admin])
-async def erase(gw: GatewayDep, face_id: int) -> wire.EraseResponse:
-    """Erase a person everywhere: vectors in every store, member binding, visit traces."""
-    return await service.erase(gw, face_id)
+async def erase(
+    gw: GatewayDep, keys: KeysDep, key: ApiKey, face_id: int, reason: Reason = "request"
+) -> wire.EraseResponse:
+    """Erase a person everywhere: vectors in every store, member binding, visit traces; the
+    audit trail records it."""
+    return await service.erase(gw, face_id, keys.key_id(key), reason)
 
 
 @router.post("/v1/faces/{face_id}/merge", response_model=MergeResponse, dependencies=[Admin])
@@ -196,6 +218,57 @@ async def stats(
     """Per day: PV, UV, new vs returning visitors, member visits."""
     _allow(gw, keys, key, store_id)
     return await service.stats(gw, store_id, from_, to)
+
+
+@router.get("/v1/me", response_model=Me)
+async def whoami(gw: GatewayDep, keys: KeysDep, key: ApiKey) -> Me:
+    """The calling key's id (never the key), role, and the stores it may see."""
+    return insights.me(gw, keys, key)
+
+
+@router.get("/v1/stats/overview", response_model=Overview)
+async def overview(gw: GatewayDep, keys: KeysDep, key: ApiKey) -> Overview:
+    """Every store the key may see: visits today, over the last 7 and the last 30 days."""
+    return await insights.overview(gw, keys.scope(key))
+
+
+@router.get("/v1/stores/{store_id}/visits", response_model=VisitsResponse)
+async def visits(
+    gw: GatewayDep,
+    keys: KeysDep,
+    key: ApiKey,
+    store_id: str,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> VisitsResponse:
+    """A store's latest counted visits: FaceIds, new or returning, time; never a photo."""
+    _allow(gw, keys, key, store_id)
+    return await insights.visits(gw, store_id, limit)
+
+
+@router.get("/v1/stores/{store_id}/health", response_model=StoreHealth)
+async def store_health(gw: GatewayDep, keys: KeysDep, key: ApiKey, store_id: str) -> StoreHealth:
+    """The store's node group: replicas up, faces, index type, embedder."""
+    _allow(gw, keys, key, store_id)
+    return await insights.health(gw, store_id)
+
+
+@router.post("/v1/retention/sweep", response_model=SweepResponse, dependencies=[Admin])
+async def retention_sweep(
+    gw: GatewayDep, keys: KeysDep, key: ApiKey, body: SweepRequest | None = None
+) -> SweepResponse:
+    """Erase visitors unseen for their store's retention period now (409 sweep_running
+    while another replica sweeps)."""
+    return await insights.sweep(gw, body or SweepRequest(), keys.key_id(key))
+
+
+@router.get("/v1/audit", response_model=AuditPage, dependencies=[Admin])
+async def audit(
+    gw: GatewayDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[str | None, Query(max_length=41)] = None,
+) -> AuditPage:
+    """The erase audit trail, newest first: time, actor (a key's id), FaceId, reason, stores."""
+    return await insights.audit(gw, limit, before)
 
 
 @router.get("/healthz", response_model=wire.HealthResponse)

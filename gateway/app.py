@@ -16,7 +16,9 @@ from prometheus_client.registry import Collector
 from gateway.analytics import Analytics
 from gateway.api import CONFLICTS, router
 from gateway.auth import KeyRing
+from gateway.dashboard import install_dashboard
 from gateway.recognition import Counters, Gateway
+from gateway.retention import run_schedule
 from gateway.routing import StoreMap
 from gateway.settings import GatewaySettings
 from gateway.shards import ShardClient
@@ -54,13 +56,18 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[GatewayState]:
-        redis = connect(settings.redis_url)
+        redis = connect(
+            settings.redis_url,
+            settings.redis_sentinels,
+            settings.redis_service,
+            settings.redis_wait_timeout_ms,
+        )
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         async with httpx.AsyncClient(limits=limits, transport=transport) as client:
             gw = Gateway(
                 stores=stores,
                 shards=ShardClient(client, settings.shard_timeout_s),
-                db=FaceDB(redis),
+                db=FaceDB(redis, audit_maxlen=settings.audit_maxlen),
                 analytics=Analytics(redis, settings.visit_window_s),
                 fanout_deadline_s=settings.fanout_deadline_ms / 1000,
                 observe=stage_observer(registry, "gateway"),
@@ -69,16 +76,20 @@ def create_app(
             watcher = asyncio.create_task(
                 stores.watch(settings.reload_interval_s, confirm=gw.db.is_hosted)
             )
+            sweeper = asyncio.create_task(
+                run_schedule(gw, settings.retention_interval_s, settings.retention_check_s)
+            )
             try:
                 yield {"gateway": gw}
             finally:
-                await stop_tasks([watcher])
+                await stop_tasks([watcher, sweeper])
                 await redis.aclose()
 
     app = FastAPI(
         title="Storeface gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None
     )
     install_docs(app)
+    install_dashboard(app)
     app.state.settings = settings
     app.state.keys = keys
     install_error_handlers(app)

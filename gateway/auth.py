@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 from dataclasses import dataclass, field
@@ -76,3 +77,15 @@ class KeyRing:
         if self.is_admin(key) or (key and self._camera_stores(key) is not None):
             return
         raise Unauthorized()
+
+    def scope(self, key: str | None) -> frozenset[str] | None:
+        """The stores a valid key may see: None for the admin key (every store)."""
+        self.require_any(key)
+        return None if self.is_admin(key) else self._camera_stores(key or "")
+
+    def key_id(self, key: str | None) -> str:
+        """What logs and the audit trail name a key by: never the key itself."""
+        if self.is_admin(key):
+            return "admin"
+        digest = hashlib.sha256((key or "").encode()).hexdigest()[:10]
+        return f"camera-{digest}"

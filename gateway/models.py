@@ -15,7 +15,9 @@ class Member(BaseModel):
 
 
 class RecognizedFace(BaseModel):
-    face_id: int | None = Field(description="null only when the face was too small to register")
+    face_id: int | None = Field(
+        description="null when the face is unknown and too poor to register (see `reason`)"
+    )
     is_new: bool
     matched_store: str | None = Field(description="store whose index matched; null if new")
     distance: float | None
@@ -25,6 +27,11 @@ class RecognizedFace(BaseModel):
     box: Box
     quality: Quality
     visit: str = Field(default="", description="new | returning | deduped | not_counted")
+    reason: str = Field(
+        default="",
+        description="why an unknown face was not counted: too_small | too_blurred | "
+        "turned_away | not_registering",
+    )
 
 
 class RecognizeResponse(BaseModel):
@@ -123,3 +130,90 @@ class StatsResponse(BaseModel):
     days: list[DayStats]
 
     model_config = {"populate_by_name": True}
+
+
+class SweepRequest(BaseModel):
+    older_than_days: int | None = Field(
+        default=None, ge=1, le=36500, description="this run only: overrides every store's period"
+    )
+    dry_run: bool = Field(default=False, description="count what would be erased; erase nothing")
+
+    model_config = {"extra": "forbid"}
+
+
+class SweepResponse(BaseModel):
+    erased: int = Field(description="FaceIds erased everywhere (0 in a dry run)")
+    expired: int = Field(description="visitors unseen for longer than their period")
+    scanned: int = Field(description="unbound, unlabelled visitors looked at")
+    dry_run: bool
+    older_than_days: int | None = Field(description="the override of this run, if any")
+    took_ms: float
+
+
+class AuditEntryOut(BaseModel):
+    id: str = Field(description="the entry's id; pass it as `before` for older entries")
+    time: str = Field(description="UTC, ISO 8601")
+    actor: str = Field(description="the id of the key that erased (never the key)")
+    face_id: int
+    reason: str = Field(description="request | photo | retention | what the caller gave")
+    stores: list[str]
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntryOut] = Field(description="newest first")
+    next: str | None = Field(description="`before` for the next (older) page; null: no more")
+
+
+class Me(BaseModel):
+    key_id: str
+    role: str = Field(description="admin | camera")
+    stores: list[str] = Field(description="the stores this key may see")
+
+
+class WindowStats(BaseModel):
+    pv: int
+    uv: int = Field(description="distinct visitors over the window")
+    new: int
+    returning: int
+    member_visits: int
+
+
+class StoreOverview(BaseModel):
+    store_id: str
+    region: str
+    today: WindowStats
+    last_7_days: WindowStats
+    last_30_days: WindowStats
+
+
+class Overview(BaseModel):
+    day: str = Field(description="today (UTC)")
+    stores: list[StoreOverview]
+
+
+class Visit(BaseModel):
+    face_id: int
+    time: str = Field(description="UTC, ISO 8601")
+    visit: str = Field(description="new | returning")
+    member: bool
+    kind: str = Field(description="visitor | member | gallery (now)")
+
+
+class VisitsResponse(BaseModel):
+    store_id: str
+    visits: list[Visit] = Field(description="newest first")
+
+
+class StoreHealth(BaseModel):
+    store_id: str
+    node: str
+    replicas: int = Field(description="configured")
+    replicas_up: int | None = Field(description="answering /readyz; null: behind a proxy")
+    reachable: bool
+    faces: int | None = None
+    vectors: int | None = None
+    index: str | None = None
+    embedder: str
+    threshold: float | None = None
+    loaded: bool | None = None
+    visitor_retention_days: int | None = Field(description="null: visitors are kept")

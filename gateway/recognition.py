@@ -67,11 +67,13 @@ async def fan_out(
     embeddings: list[list[float]],
     top_k: int,
     stores: list[StoreConfig] | None = None,
+    embedder: str = "",
 ) -> tuple[list[list[_Candidate]], list[str]]:
     """Search other stores (the home's fallback stores unless given) under one deadline: one
     call per node group, concurrently.
 
-    Stores whose group failed, was late, or did not have them loaded are `degraded`."""
+    Stores whose group failed, was late, did not have them loaded, or runs another embedder
+    than `embedder` (groups that name none pick theirs at start-up) are `degraded`."""
     targets = gw.stores.by_group(gw.stores.fallback_targets(home) if stores is None else stores)
     merged: list[list[_Candidate]] = [[] for _ in embeddings]
     if not targets or not embeddings:
@@ -95,6 +97,10 @@ async def fan_out(
             log.warning("fan-out to %s failed: %s", ", ".join(tasks[t]), t.exception())
             continue
         found = t.result()
+        if embedder and found.embedder != embedder:  # its distances would mean nothing here
+            degraded += tasks[t]
+            log.warning("fan-out: %s run %s, not %s", ", ".join(tasks[t]), found.embedder, embedder)
+            continue
         degraded += found.missing
         for row, matches in zip(merged, found.results, strict=True):
             row += [_Candidate(m.face_id, m.store_id, m.distance, m.label) for m in matches]
@@ -176,7 +182,7 @@ async def _search_elsewhere(gw: Gateway, v: _Visit) -> None:
         return
     gw.counters.fallbacks += 1
     embeddings = [v.ident.faces[i].embedding for i in unknown]
-    rows, v.degraded = await fan_out(gw, v.home, embeddings, 1)
+    rows, v.degraded = await fan_out(gw, v.home, embeddings, 1, embedder=v.ident.embedder)
     for i, row in zip(unknown, rows, strict=True):
         if row and row[0].distance <= v.threshold:
             v.best[i] = row[0]
@@ -184,7 +190,7 @@ async def _search_elsewhere(gw: Gateway, v: _Visit) -> None:
 
 async def _face_ids(gw: Gateway, v: _Visit) -> list[RecognizedFace]:
     """Known faces keep their FaceId (cross-store ones are learned at home); unknown ones are
-    registered as new visitors, unless too small or the store registers nobody."""
+    registered as new visitors, unless too poor to count (`uncountable`)."""
     v.records = await gw.db.get_faces([b.face_id for b in v.best if b is not None])
     results: list[RecognizedFace] = []
     for face, cand in zip(v.ident.faces, v.best, strict=True):
@@ -194,11 +200,27 @@ async def _face_ids(gw: Gateway, v: _Visit) -> list[RecognizedFace]:
             if cand.store_id != v.home.id and v.home.learn_cross_store:
                 await _learn(gw, v.home, v.home_urls, face, cand.face_id)
             results.append(_answer(face, cand, v.records[cand.face_id], False, cand.store_id))
-        elif not v.home.auto_register or face.quality.size < v.home.min_face_size:
-            results.append(_answer(face, None, None, False, None))
+        elif (why := uncountable(v.home, face.quality)) is not None:
+            results.append(
+                _answer(face, None, None, False, None).model_copy(update={"reason": why})
+            )
         else:
             results.append(await _register(gw, v, face))
     return results
+
+
+def uncountable(store: StoreConfig, q: wire.Quality) -> str | None:
+    """Why an unknown face gets no new visitor FaceId, or None: a face this poor would not
+    match when the same person comes back, so registering it would count them twice."""
+    if not store.auto_register:
+        return "not_registering"
+    if q.size < store.min_face_size:
+        return "too_small"
+    if q.blur < store.min_face_blur:
+        return "too_blurred"
+    if q.yaw is not None and abs(q.yaw) > store.max_face_yaw:
+        return "turned_away"
+    return None
 
 
 async def _register(gw: Gateway, v: _Visit, face: wire.ShardFace) -> RecognizedFace:
@@ -287,7 +309,9 @@ async def search(
     ]
     degraded: list[str] = []
     if everywhere and ident.faces:
-        others, degraded = await fan_out(gw, home, [f.embedding for f in ident.faces], top_k)
+        others, degraded = await fan_out(
+            gw, home, [f.embedding for f in ident.faces], top_k, embedder=ident.embedder
+        )
         rows = [sorted(a + b, key=lambda c: c.distance) for a, b in zip(rows, others, strict=True)]
     live = await gw.db.get_faces(list({c.face_id for row in rows for c in row}))
     faces = []

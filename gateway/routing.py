@@ -99,6 +99,16 @@ class StoreMap(WatchedStoresFile):
             return [f"{self.shard_proxy}/{group.id}"]
         return self.config.node_urls(group.id)
 
+    def replica_urls(self, group: NodeGroup) -> list[str] | None:
+        """Each replica of a group, where the gateway can reach them one by one: explicit
+        URLs, or the local cluster's ports; None behind another host's proxy (compose)."""
+        if group.urls:
+            return list(group.urls)
+        if self.shard_proxy:
+            return None
+        host = self.config.cluster.host
+        return [f"http://{host}:{p}" for p in group.ports]
+
     def fallback_targets(self, home: StoreConfig) -> list[StoreConfig]:
         """The other stores a face unknown at home is searched in, per the home's policy."""
         others = [

@@ -98,9 +98,12 @@ async def _known_elsewhere(gw: Gateway, store: StoreConfig, image: bytes) -> _Ca
     return best if await gw.db.get_face(best.face_id) is not None else None
 
 
-async def erase(gw: Gateway, face_id: int) -> wire.EraseResponse:
-    """Erase a person everywhere: vectors in every store, member binding, visit traces."""
-    result = await gw.db.erase_face(face_id)
+async def erase(
+    gw: Gateway, face_id: int, actor: str = "system", reason: str = "request"
+) -> wire.EraseResponse:
+    """Erase a person everywhere: vectors in every store, member binding, visit traces; the
+    audit trail records who (a key's id), when and why."""
+    result = await gw.db.erase_face(face_id, actor=actor, reason=reason)
     await gw.analytics.erase_face(face_id)
     if not result.existed:
         raise FaceNotFound(face_id=face_id)
@@ -112,7 +115,11 @@ ERASE_TOP_K = 20
 
 
 async def erase_by_photo(
-    gw: Gateway, image: bytes, store_id: str | None, max_distance: float | None
+    gw: Gateway,
+    image: bytes,
+    store_id: str | None,
+    max_distance: float | None,
+    actor: str = "system",
 ) -> PhotoEraseResponse:
     """The right to be forgotten for someone who does not know their FaceId: every FaceId,
     in every store (of each embedder), that matches the photo's largest face under a strict
@@ -142,7 +149,7 @@ async def erase_by_photo(
     erased = []
     for fid, dist in sorted(found.items(), key=lambda kv: kv[1]):
         try:
-            done = await erase(gw, fid)
+            done = await erase(gw, fid, actor, "photo")
         except FaceNotFound:
             continue  # erased a moment ago (by this loop's merge of duplicates, or by hand)
         erased.append(ErasedFace(face_id=fid, distance=round(dist, 6), stores=done.stores))

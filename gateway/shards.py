@@ -135,6 +135,16 @@ class ShardClient:
         )
         return wire.EnrollResponse.model_validate_json(r.content)
 
+    async def store_info(
+        self, urls: list[str], store_id: str, timeout_s: float
+    ) -> wire.InfoResponse | None:
+        """A store's index as one replica of its group sees it; None when none answers."""
+        try:
+            r = await self._call(urls, "GET", f"/v1/stores/{store_id}/info", deadline_s=timeout_s)
+        except (ShardUnavailable, RemoteError):
+            return None
+        return wire.InfoResponse.model_validate_json(r.content)
+
     async def ready(self, urls: list[str]) -> bool:
         async def one(url: str) -> bool:
             try:

@@ -106,11 +106,7 @@ def ingest(
         report = asyncio.run(run())
     except RedisError as exc:
         _fail(f"Redis at {settings.redis_url}: {exc} (is `make run` running?)", 1)
-    typer.echo(report.summary())
-    for person, (fid, dist) in sorted(report.known.items()):
-        typer.echo(f"  {person}: already known as FaceId {fid} (distance {dist:.3f})")
-    for path, why in report.skipped:
-        typer.echo(f"  skipped {path}: {why}")
+    typer.echo(report.details())
     if not (report.added or report.already):
         _fail(f"nothing was ingested into {cfg.id}: every photo was skipped", 1)
 

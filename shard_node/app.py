@@ -59,6 +59,7 @@ def create_app(settings: ShardSettings) -> FastAPI:
         workers = settings.workers or stores.config.workers_per_replica()
         async with open_runtime(settings, group, workers) as rt:
             node = Node(group.id, rt.info, rt.db, rt.pool, stores, node_options(settings), observe)
+            node.embedder_note = rt.embedder_note
             registry.register(_VectorsCollector(node))
             warm = asyncio.create_task(rt.pool.warm_up())
             node.sync(stores.config)

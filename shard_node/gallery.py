@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shard_node.faces.base import EmbedderInfo, enrollable_face
+from shard_node.faces.base import EmbedderInfo, Face, enrollable_face
 from shard_node.faces.pool import FacePool
 from shard_node.index import StoreIndex
 from storeface.errors import StorefaceError
@@ -27,9 +27,21 @@ class IngestReport:
     added: int = 0
     already: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # photos with several faces, enrolled by the one that dominates (or by the largest)
+    dominant: list[str] = field(default_factory=list)
     faces: dict[str, int] = field(default_factory=dict)  # person → FaceId
     # people the store already knew under a FaceId (a visitor, an earlier enrollment)
     known: dict[str, tuple[int, float]] = field(default_factory=dict)  # → (FaceId, distance)
+
+    def details(self) -> str:
+        """The summary, then a line per person already known, photo skipped or photo enrolled
+        by its dominant face."""
+        lines = [self.summary()]
+        for person, (fid, dist) in sorted(self.known.items()):
+            lines.append(f"  {person}: already known as FaceId {fid} (distance {dist:.3f})")
+        lines += [f"  skipped {path}: {why}" for path, why in self.skipped]
+        lines += [f"  several faces in {path}: enrolled the dominant one" for path in self.dominant]
+        return "\n".join(lines)
 
     def summary(self) -> str:
         reasons: dict[str, int] = {}
@@ -39,7 +51,8 @@ class IngestReport:
         return (
             f"{self.people} people, {self.added} photos added, {self.already} already "
             f"ingested, {len(self.skipped)} skipped ({why}), {len(self.known)} people "
-            "already known under a FaceId"
+            f"already known under a FaceId, {len(self.dominant)} photos with several faces "
+            "enrolled by the dominant one"
         )
 
 
@@ -89,11 +102,8 @@ async def ingest_folder(
         if await db.photo_face(store_id, sha) is not None:
             report.already += 1
             return
-        try:
-            analysis = await pool.analyze(data, wait=True)
-            face = enrollable_face(analysis.faces, min_size, largest)
-        except StorefaceError as exc:  # broken, no face, several, too small: listed, not added
-            report.skipped.append((str(path), exc.code))
+        face = await _enrollable(pool, data, path, min_size, largest, report)
+        if face is None:
             return
         async with person_locks[person]:  # the person's first photo makes the FaceId
             face_id = await db.gallery_face(store_id, person)
@@ -129,6 +139,21 @@ async def ingest_folder(
 
     await asyncio.gather(*(one(person, p) for person, ps in people.items() for p in ps))
     return report
+
+
+async def _enrollable(
+    pool: FacePool, data: bytes, path: Path, min_size: int, largest: bool, report: IngestReport
+) -> Face | None:
+    """The face a photo is enrolled by, else None with the reason listed in the report."""
+    try:
+        analysis = await pool.analyze(data, wait=True)
+        face = enrollable_face(analysis.faces, min_size, largest)
+    except StorefaceError as exc:  # broken, no face, several, too small: listed, not added
+        report.skipped.append((str(path), exc.code))
+        return None
+    if len(analysis.faces) > 1:
+        report.dominant.append(str(path))
+    return face
 
 
 async def _known_face(

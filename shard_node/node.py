@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shard_node.faces.base import EmbedderInfo
 from shard_node.faces.pool import FacePool
+from shard_node.faces.registry import AUTO
 from shard_node.gallery import ingest_folder
 from shard_node.group_index import GroupIndex
 from shard_node.index import IndexPolicy
@@ -93,6 +94,7 @@ class Node:
         self.options = options
         self.observe = observe
         self.stores: dict[str, StoreState] = {}
+        self.embedder_note = ""  # why it runs its embedder, when stores.yaml named none
         self.group: GroupIndex | None = None
         self._group_rebuild: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -148,7 +150,7 @@ class Node:
         if group is None:
             log.error("node %s is no longer in stores.yaml; keeping its stores", self.node_id)
             return
-        if group.embedder != self.info.name:
+        if group.embedder not in (self.info.name, AUTO):
             log.error(
                 "node %s now names embedder %s but runs %s: restart it to switch",
                 self.node_id,
@@ -388,6 +390,8 @@ class Node:
                 threshold=st.threshold,
             )
             log.info("%s: gallery %s: %s", st.store.id, folder, report.summary())
+            for path in report.dominant:
+                log.info("%s: several faces in %s: enrolled the dominant one", st.store.id, path)
         except Exception:
             log.exception("%s: gallery ingest of %s failed", st.store.id, folder)
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -14,13 +15,15 @@ from redis.asyncio import Redis
 
 from shard_node.faces.base import EmbedderInfo
 from shard_node.faces.pool import FacePool
-from shard_node.faces.registry import embedder_info
+from shard_node.faces.registry import AUTO, embedder_info, resolve_embedder
 from shard_node.settings import ShardSettings
 from storeface.errors import ConfigError
 from storeface.facedb import FaceDB
 from storeface.images import ImageLimits
 from storeface.redis_client import connect
 from storeface.stores import NodeGroup, StoresFile
+
+log = logging.getLogger("storeface.shard")
 
 
 @dataclass
@@ -32,6 +35,7 @@ class Runtime:
     redis: Redis
     db: FaceDB
     pool: FacePool
+    embedder_note: str = ""  # why it runs this embedder, when stores.yaml named none
 
 
 def node_group(settings: ShardSettings, stores: StoresFile) -> NodeGroup:
@@ -53,15 +57,46 @@ def group_embedder(group: NodeGroup, settings: ShardSettings) -> EmbedderInfo:
     return embedder_info(group.embedder, embedder_options(group, settings))
 
 
+async def chosen_embedder(
+    group: NodeGroup, settings: ShardSettings, redis: Redis
+) -> tuple[str, str]:
+    """The group's embedder and a note on why: the one named, else the one its stores were
+    built with, else the default (arcface where its model files are, else dlib)."""
+    name, note = resolve_embedder(group.embedder, embedder_options(group, settings))
+    if group.embedder != AUTO:
+        return name, note
+    try:
+        values = [await redis.hget(f"store:{sid}:meta", "embedder") for sid in group.stores]
+    except Exception:  # Redis not up yet: each store's claim still refuses a mismatch
+        log.warning("node %s: could not read its stores' embedders", group.id, exc_info=True)
+        return name, note
+    built = {v.decode() if isinstance(v, bytes) else str(v) for v in values if v}
+    if len(built) == 1 and (held := built.pop()) != name:
+        # Photos are not kept, so a store's faces cannot be re-embedded: it keeps its embedder.
+        return held, (
+            f"no embedder set: running {held}, which this node's stores were built with "
+            f"(the default here would be {name}); set `embedder: {held}` to say so"
+        )
+    return name, note
+
+
 @contextlib.asynccontextmanager
 async def open_runtime(
     settings: ShardSettings, group: NodeGroup, workers: int | None = None
 ) -> AsyncIterator[Runtime]:
     """Open Redis and the face pool for a node group; close both on the way out."""
     faiss.omp_set_num_threads(settings.search_threads)
-    redis = connect(settings.redis_url)
+    redis = connect(
+        settings.redis_url,
+        settings.redis_sentinels,
+        settings.redis_service,
+        settings.redis_wait_timeout_ms,
+    )
+    name, note = await chosen_embedder(group, settings, redis)
+    if note:
+        log.warning("node %s: %s", group.id, note)
     pool = FacePool(
-        group.embedder,
+        name,
         embedder_options(group, settings),
         workers=workers or settings.workers or None,
         limits=ImageLimits(
@@ -74,7 +109,8 @@ async def open_runtime(
         max_queue=settings.max_queue,
     )
     try:
-        yield Runtime(group, group_embedder(group, settings), redis, FaceDB(redis), pool)
+        info = embedder_info(name, embedder_options(group, settings))
+        yield Runtime(group, info, redis, FaceDB(redis), pool, note)
     finally:
         await asyncio.to_thread(pool.close)  # joins the workers: not on the event loop
         await redis.aclose()

@@ -46,7 +46,9 @@ def _face_wire(face: Face, matches: list[wire.Match]) -> wire.ShardFace:
     x, y, w, h = face.box
     return wire.ShardFace(
         box=wire.Box(x=x, y=y, w=w, h=h),
-        quality=wire.Quality(size=face.size, blur=round(face.blur, 2), score=round(face.score, 4)),
+        quality=wire.Quality(
+            size=face.size, blur=round(face.blur, 2), score=round(face.score, 4), yaw=face.yaw
+        ),
         landmarks=face.landmarks,
         embedding=[float(v) for v in face.embedding],
         matches=matches,
@@ -327,6 +329,7 @@ def node_info(node: Node) -> wire.NodeInfoResponse:
     return wire.NodeInfoResponse(
         node_id=node.node_id,
         embedder=node.info.name,
+        embedder_note=node.embedder_note or None,
         dim=node.info.dim,
         metric=node.info.metric,
         stores=[store_info(node.stores[s]) for s in node.store_ids()],

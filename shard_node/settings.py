@@ -20,6 +20,11 @@ class ShardSettings(BaseSettings):
     node_id: str
     stores_file: Path = Path("config/stores.yaml")
     redis_url: str = "redis://127.0.0.1:6380/0"
+    # "host:port,host:port": find the primary through these Sentinels (then redis_url is
+    # used for its db only) and acknowledge a write once a replica has it too.
+    redis_sentinels: str = ""
+    redis_service: str = "storeface"
+    redis_wait_timeout_ms: int = 1000
     replica_name: str = ""
     snapshot_dir: Path | None = Path(".data/snapshots")
     snapshot_interval_s: float = 30.0

@@ -161,6 +161,11 @@ class MemberTaken(Conflict):
     default_message = "the member id is bound to another FaceId"
 
 
+class SweepRunning(Conflict):
+    code = "sweep_running"
+    default_message = "a retention sweep is already running (on this or another gateway)"
+
+
 # --- 5xx: our side -------------------------------------------------------------------------
 
 

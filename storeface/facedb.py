@@ -19,6 +19,8 @@ from redis.asyncio import Redis
 from storeface.errors import FaceNotFound, MemberNotBound, MemberTaken
 
 FEED_MAXLEN = 1_000_000
+AUDIT_KEY = "audit:erase"  # the erase trail: who, when, which FaceId, why; no biometric data
+AUDIT_MAXLEN = 1_000_000
 
 _ADD_VECTOR = """
 -- KEYS: seq:vec, face:{fid}, face:{fid}:vecs, store:{sid}:vec, store:{sid}:feed,
@@ -48,36 +50,76 @@ local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*',
 return {vid, gen, id, ARGV[1]}
 """
 
-_ERASE_FACE = """
--- KEYS: face:{fid}, face:{fid}:vecs, face:{fid}:photos, face:{fid}:stores
--- ARGV: fid, maxlen
-local existed = redis.call('EXISTS', KEYS[1])
-for _, entry in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local sid, vid = string.match(entry, '^(.*):(%d+)$')
-  redis.call('HDEL', 'store:' .. sid .. ':vec', vid)
+_ERASE_FACES = """
+-- ARGV: maxlen, actor, reason, now, audit_maxlen, then (fid, unseen_before) per face.
+-- One erase per face, each recorded in the audit stream. With unseen_before (not ''), only
+-- an unbound, unlabelled visitor last seen before that time is erased (the retention sweep:
+-- checked here, so a visitor seen or bound since the sweep looked is kept).
+local out = {}
+for i = 6, #ARGV, 2 do
+  local fid, before = ARGV[i], ARGV[i + 1]
+  local face = 'face:' .. fid
+  local existed = redis.call('EXISTS', face)
+  local f = redis.call('HMGET', face, 'kind', 'member_id', 'label', 'last_seen', 'created')
+  local seen = tonumber(f[4] or '') or tonumber(f[5] or '') or 0
+  if before ~= '' and (f[1] ~= 'visitor' or (f[2] or '') ~= '' or (f[3] or '') ~= ''
+                       or seen >= tonumber(before)) then
+    existed = 0
+  end
+  local stores = {}
+  if existed == 1 or before == '' then
+    for _, entry in ipairs(redis.call('SMEMBERS', face .. ':vecs')) do
+      local sid, vid = string.match(entry, '^(.*):(%d+)$')
+      redis.call('HDEL', 'store:' .. sid .. ':vec', vid)
+    end
+    for _, entry in ipairs(redis.call('SMEMBERS', face .. ':photos')) do
+      local sid, sha = string.match(entry, '^(.*):([^:]+)$')
+      redis.call('HDEL', 'store:' .. sid .. ':photo', sha)
+    end
+    stores = redis.call('SMEMBERS', face .. ':stores')
+    for _, sid in ipairs(stores) do
+      local gen = redis.call('INCR', 'store:' .. sid .. ':gen')
+      redis.call('XADD', 'store:' .. sid .. ':feed', 'MAXLEN', '~', ARGV[1], '*',
+                 'op', 'remove', 'gen', gen, 'fid', fid)
+    end
+    if f[3] and f[3] ~= '' then
+      for _, sid in ipairs(stores) do
+        if redis.call('HGET', 'store:' .. sid .. ':gallery', f[3]) == fid then
+          redis.call('HDEL', 'store:' .. sid .. ':gallery', f[3])
+        end
+      end
+    end
+    if f[2] and f[2] ~= '' then redis.call('DEL', 'member:' .. f[2]) end
+    redis.call('DEL', face, face .. ':vecs', face .. ':photos', face .. ':stores')
+    if existed == 1 then
+      redis.call('XADD', 'audit:erase', 'MAXLEN', '~', ARGV[5], '*', 'ts', ARGV[4],
+                 'actor', ARGV[2], 'face_id', fid, 'reason', ARGV[3],
+                 'stores', table.concat(stores, ','))
+    end
+  end
+  out[#out + 1] = {existed, stores}
 end
-for _, entry in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-  local sid, sha = string.match(entry, '^(.*):([^:]+)$')
-  redis.call('HDEL', 'store:' .. sid .. ':photo', sha)
-end
-local stores = redis.call('SMEMBERS', KEYS[4])
-for _, sid in ipairs(stores) do
-  local gen = redis.call('INCR', 'store:' .. sid .. ':gen')
-  redis.call('XADD', 'store:' .. sid .. ':feed', 'MAXLEN', '~', ARGV[2], '*',
-             'op', 'remove', 'gen', gen, 'fid', ARGV[1])
-end
-local label = redis.call('HGET', KEYS[1], 'label')
-if label and label ~= '' then
-  for _, sid in ipairs(stores) do
-    if redis.call('HGET', 'store:' .. sid .. ':gallery', label) == ARGV[1] then
-      redis.call('HDEL', 'store:' .. sid .. ':gallery', label)
+return out
+"""
+
+_VISITORS = """
+-- ARGV: cursor, count. One SCAN step over face records: {next cursor, then FaceId, home
+-- store, last seen for each unbound, unlabelled visitor found}; members and gallery never.
+local step = redis.call('SCAN', ARGV[1], 'MATCH', 'face:*', 'COUNT', ARGV[2], 'TYPE', 'hash')
+local out = {step[1]}
+for _, key in ipairs(step[2]) do
+  local fid = string.match(key, '^face:(%d+)$')
+  if fid then
+    local f = redis.call('HMGET', key, 'kind', 'member_id', 'label', 'home_store', 'last_seen',
+                         'created')
+    if f[1] == 'visitor' and (f[2] or '') == '' and (f[3] or '') == '' then
+      out[#out + 1] = fid
+      out[#out + 1] = f[4] or ''
+      out[#out + 1] = f[5] or f[6] or '0'
     end
   end
 end
-local member = redis.call('HGET', KEYS[1], 'member_id')
-if member and member ~= '' then redis.call('DEL', 'member:' .. member) end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-return {existed, stores}
+return out
 """
 
 
@@ -210,6 +252,18 @@ class EraseResult:
     stores: list[str] = field(default_factory=list)
 
 
+@dataclass
+class AuditEntry:
+    """One erase in the audit trail."""
+
+    id: str  # the stream entry id: newest first, and the cursor for the next page
+    ts: float
+    actor: str  # a key's id, never the key
+    face_id: int
+    reason: str
+    stores: list[str]
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -229,12 +283,16 @@ def _event(eid: Any, fields: dict[Any, Any]) -> FeedEvent:
 class FaceDB:
     """The Redis data model; one instance per process, sharing the Redis client's pool."""
 
-    def __init__(self, redis: Redis, feed_maxlen: int = FEED_MAXLEN) -> None:
+    def __init__(
+        self, redis: Redis, feed_maxlen: int = FEED_MAXLEN, audit_maxlen: int = AUDIT_MAXLEN
+    ) -> None:
         # redis-py's stubs type replies as str | bytes | list | ...; we decode explicitly.
         self.redis: Any = redis
         self.feed_maxlen = feed_maxlen
+        self.audit_maxlen = audit_maxlen
         self._add = redis.register_script(_ADD_VECTOR)
-        self._erase = redis.register_script(_ERASE_FACE)
+        self._erase = redis.register_script(_ERASE_FACES)
+        self._visitors = redis.register_script(_VISITORS)
         self._bind = redis.register_script(_BIND_MEMBER)
         self._merge = redis.register_script(_MERGE_FACES)
 
@@ -440,16 +498,68 @@ class FaceDB:
             embedder=r.get("embedder", ""),
         )
 
-    async def erase_face(self, face_id: int) -> EraseResult:
-        """Erase a person everywhere: every vector in every store, photo hashes, member."""
-        keys = [
-            f"face:{face_id}",
-            f"face:{face_id}:vecs",
-            f"face:{face_id}:photos",
-            f"face:{face_id}:stores",
-        ]
-        existed, stores = await self._erase(keys=keys, args=[face_id, self.feed_maxlen])
-        return EraseResult(existed=bool(existed), stores=sorted(_s(s) for s in stores))
+    async def erase_face(
+        self, face_id: int, actor: str = "system", reason: str = "erase"
+    ) -> EraseResult:
+        """Erase a person everywhere: every vector in every store, photo hashes, member; the
+        erase is recorded in the audit trail (`actor`: a key's id, never the key)."""
+        return (await self.erase_faces([face_id], actor=actor, reason=reason))[face_id]
+
+    async def erase_faces(
+        self,
+        face_ids: list[int],
+        unseen_before: list[float] | None = None,
+        *,
+        actor: str = "system",
+        reason: str = "erase",
+    ) -> dict[int, EraseResult]:
+        """Several erases in one call. With `unseen_before` (one time per face), a face is
+        erased only if it is still an unbound, unlabelled visitor not seen since then."""
+        args: list[int | str] = [self.feed_maxlen, actor, reason, f"{time.time():.3f}"]
+        args.append(self.audit_maxlen)
+        for i, fid in enumerate(face_ids):
+            args += [fid, f"{unseen_before[i]:.3f}" if unseen_before is not None else ""]
+        rows = await self._erase(args=args) if face_ids else []
+        return {
+            fid: EraseResult(existed=bool(existed), stores=sorted(_s(s) for s in stores))
+            for fid, (existed, stores) in zip(face_ids, rows, strict=True)
+        }
+
+    async def visitor_batches(
+        self, batch: int = 2000
+    ) -> AsyncIterator[list[tuple[int, str, float]]]:
+        """Every unbound, unlabelled visitor as (FaceId, home store, last seen), in batches:
+        what the retention sweep looks at. Members and gallery faces are never listed."""
+        cursor: int | bytes = 0
+        while True:
+            cursor, *flat = await self._visitors(args=[cursor, batch])
+            if flat:
+                yield [
+                    (int(flat[i]), _s(flat[i + 1]), float(flat[i + 2]))
+                    for i in range(0, len(flat), 3)
+                ]
+            if int(cursor) == 0:
+                return
+
+    async def audit(self, limit: int, before: str | None = None) -> list[AuditEntry]:
+        """The erase trail, newest first; `before`: an entry id, for the page after it."""
+        rows = await self.redis.xrevrange(
+            AUDIT_KEY, f"({before}" if before else "+", "-", count=limit
+        )
+        out = []
+        for eid, raw in rows:
+            f = {_s(k): _s(v) for k, v in raw.items()}
+            out.append(
+                AuditEntry(
+                    id=_s(eid),
+                    ts=float(f.get("ts") or 0),
+                    actor=f.get("actor", ""),
+                    face_id=int(f.get("face_id") or 0),
+                    reason=f.get("reason", ""),
+                    stores=[s for s in f.get("stores", "").split(",") if s],
+                )
+            )
+        return out
 
     async def merge_faces(self, keep: int, gone: int) -> list[str]:
         """Make `gone` part of `keep` (one person found under two FaceIds): its vectors, photo

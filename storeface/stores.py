@@ -31,7 +31,8 @@ class StoreConfig(BaseModel):
     id: str = Field(pattern=ID_PATTERN)
     node: str | None = None  # the node group hosting it; None: a group of its own
     region: str = ""
-    embedder: str = "dlib"  # with `node:`, the node's unless set (and then it must match)
+    # Unset: arcface where its model files are, else dlib (decided by the node at start-up).
+    embedder: str = "auto"  # with `node:`, the node's unless set (and then it must match)
     embedder_options: dict[str, Any] = Field(default_factory=dict)
     threshold: float | None = Field(default=None, gt=0)  # None: the embedder's measured one
     auto_register: bool = True
@@ -39,7 +40,13 @@ class StoreConfig(BaseModel):
     fallback_stores: list[str] = Field(default_factory=list)
     learn_cross_store: bool = True
     min_face_size: int = Field(default=40, ge=0)  # smaller unknown faces get no FaceId
+    # Unknown faces more blurred (Laplacian variance) or turned (degrees) get no FaceId either:
+    # they would not match when the person comes back (docs/benchmarks.md, "Accuracy").
+    min_face_blur: float = Field(default=20.0, ge=0)
+    max_face_yaw: float = Field(default=45.0, ge=0, le=90)
     gallery: str | None = None  # a <person>/<photo> folder ingested at shard start-up
+    # Days an unbound visitor FaceId is kept unseen; null: kept; unset: the chain's default.
+    visitor_retention_days: int | None = Field(default=None, ge=1, le=36500)
     # Only for a store without `node:` (its own group); a node group sets these itself.
     replicas: int = Field(default=2, ge=1, le=32)
     port: int | None = Field(default=None, ge=1024, le=65000)  # first replica's port
@@ -54,7 +61,7 @@ class NodeConfig(BaseModel):
     id: str = Field(pattern=ID_PATTERN)
     replicas: int = Field(default=2, ge=1, le=32)
     port: int | None = Field(default=None, ge=1024, le=65000)  # first replica; others follow
-    embedder: str = "dlib"
+    embedder: str = "auto"  # arcface where its model files are, else dlib
     embedder_options: dict[str, Any] = Field(default_factory=dict)
     urls: list[str] = Field(default_factory=list)  # explicit replica URLs (other hosts)
 
@@ -126,6 +133,8 @@ class StoresFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    # The chain's default for stores that set none; null: visitors are kept until erased.
+    visitor_retention_days: int | None = Field(default=30, ge=1, le=36500)
     nodes: list[NodeConfig] = Field(default_factory=list)
     stores: list[StoreConfig] = Field(min_length=1)
     _groups: dict[str, NodeGroup] = PrivateAttr(default_factory=dict)
@@ -224,6 +233,10 @@ class StoresFile(BaseModel):
             c.shard_proxy_port: "the shard proxy (cluster.shard_proxy_port)",
             c.redis_port: "Redis (cluster.redis_port)",
         }
+        for r in range(1, 5):  # its replica, then three Sentinels (deploy/redis_ha.py)
+            used.setdefault(
+                c.redis_port + r, "Redis's replica or Sentinels (cluster.redis_port + 1..4)"
+            )
         for r in range(c.gateway_replicas):
             used.setdefault(c.gateway_port + r, f"gateway replica {r + 1} (cluster.gateway_port)")
         for g in self._groups.values():
@@ -241,6 +254,13 @@ class StoresFile(BaseModel):
 
     def store(self, store_id: str) -> StoreConfig | None:
         return next((s for s in self.stores if s.id == store_id), None)
+
+    def retention_days(self, store_id: str) -> int | None:
+        """Days a visitor registered at this store is kept unseen (None: kept)."""
+        store = self.store(store_id)
+        if store is not None and "visitor_retention_days" in store.model_fields_set:
+            return store.visitor_retention_days
+        return self.visitor_retention_days
 
     def groups(self) -> list[NodeGroup]:
         """Every node group: declared ones, then one per store that names no node."""

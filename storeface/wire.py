@@ -18,6 +18,10 @@ class Quality(BaseModel):
     size: int = Field(description="shorter side of the face box, in pixels")
     blur: float = Field(description="Laplacian variance of the face crop; low = blurred")
     score: float = Field(description="detector confidence")
+    yaw: float | None = Field(
+        default=None,
+        description="degrees the head is turned left/right (0: facing); from landmarks",
+    )
 
 
 class Match(BaseModel):
@@ -137,6 +141,9 @@ class InfoResponse(BaseModel):
 class NodeInfoResponse(BaseModel):
     node_id: str
     embedder: str
+    embedder_note: str | None = Field(
+        default=None, description="why the node runs this embedder, when stores.yaml named none"
+    )
     dim: int
     metric: str
     stores: list[InfoResponse]

@@ -53,14 +53,22 @@ async def in_process(
     nodes: dict[str, list[str]],
     region: str = "north",
     shard_options: dict[str, Any] | None = None,
+    sentinels: str = "",
+    store_options: dict[str, dict[str, Any]] | None = None,
 ) -> AsyncIterator[InProcess]:
     """Node groups (id → its stores) and a gateway, all in this process, ready to serve;
-    `shard_options` are more ShardSettings for every node."""
+    `shard_options` are more ShardSettings for every node; with `sentinels`, Redis is the
+    primary they name; `store_options` are more settings per store id."""
     stores_file = work / "stores.yaml"
     doc = {
-        "nodes": [{"id": n, "replicas": 1, "urls": [f"http://{n}"]} for n in nodes],
+        # dlib: what the shared lfw embeddings (conftest) these tests enroll are made with
+        "nodes": [
+            {"id": n, "replicas": 1, "urls": [f"http://{n}"], "embedder": "dlib"} for n in nodes
+        ],
         "stores": [
-            {"id": s, "node": n, "region": region} for n, stores in nodes.items() for s in stores
+            {"id": s, "node": n, "region": region, **(store_options or {}).get(s, {})}
+            for n, stores in nodes.items()
+            for s in stores
         ],
     }
     stores_file.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -71,6 +79,7 @@ async def in_process(
                 node_id=node,
                 stores_file=stores_file,
                 redis_url=redis_url,
+                redis_sentinels=sentinels,
                 workers=1,
                 snapshot_dir=work / node,
                 feed_block_ms=100,
@@ -86,7 +95,11 @@ async def in_process(
                     await anyio.sleep(0.1)
         router = Router(dict(shards))
         gw_settings = GatewaySettings(
-            stores_file=stores_file, redis_url=redis_url, admin_key=ADMIN, fanout_deadline_ms=2000
+            stores_file=stores_file,
+            redis_url=redis_url,
+            redis_sentinels=sentinels,
+            admin_key=ADMIN,
+            fanout_deadline_ms=2000,
         )
         gateway = await stack.enter_async_context(
             _lifespan(create_gateway(gw_settings, transport=router))

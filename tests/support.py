@@ -36,6 +36,9 @@ __all__ = [
 
 
 def write_stores(path: Path, stores: list[dict[str, Any]], **cluster: Any) -> Path:
+    """stores.yaml for a test; a store that names no embedder (nor node) runs dlib, which the
+    shared lfw embeddings (conftest) and these tests' distances are made with."""
+    stores = [s if "embedder" in s or "node" in s else {**s, "embedder": "dlib"} for s in stores]
     doc: dict[str, Any] = {"stores": stores}
     if cluster:
         doc["cluster"] = cluster

@@ -30,6 +30,12 @@ def _folder(root: Path, faces: Path) -> Path:
     group.paste(Image.open(faces / "lfw_dev/Mary_Carey/Mary_Carey_0001.jpg"), (0, 5))
     group.paste(Image.open(faces / "lfw_dev/Juanes/Juanes_0001.jpg"), (265, 5))
     group.save(root / "Mary_Carey" / "group.jpg")
+    # Paul in front, someone small behind him: his face dominates, so it is enrolled
+    front = Image.new("RGB", (400, 260), "gray")
+    front.paste(Image.open(faces / "lfw_dev/Paul_Tagliabue/Paul_Tagliabue_0002.jpg"), (0, 5))
+    behind = Image.open(faces / "lfw_dev/Juanes/Juanes_0002.jpg").resize((120, 120))
+    front.paste(behind, (270, 20))
+    front.save(root / "Paul_Tagliabue" / "dominant.jpg")
     (root / "Mary_Carey" / "notes.txt").write_text("not a photo")
     broken = io.BytesIO()
     Image.new("RGB", (50, 50)).save(broken, "JPEG")
@@ -72,12 +78,13 @@ def test_ingest_command_reports_skips_and_is_idempotent(
     folder = _folder(tmp_path / "gallery", faces)
     stores = write_stores(tmp_path / "stores.yaml", [{"id": "gal"}])
     report = _ingest(stores, redis_url, folder)
-    assert "3 people, 7 photos added, 0 already ingested, 3 skipped" in report
+    assert "3 people, 8 photos added, 0 already ingested, 3 skipped" in report
+    assert f"several faces in {folder / 'Paul_Tagliabue' / 'dominant.jpg'}: enrolled" in report
     assert "blank.jpg: no_face" in report
     assert "group.jpg: multiple_faces" in report
     assert "broken.jpg: truncated_image" in report
     again = _ingest(stores, redis_url, folder)
-    assert "0 photos added, 7 already ingested" in again
+    assert "0 photos added, 8 already ingested" in again
     # the same face under another folder name (re-encoded: new bytes) joins its FaceId
     alias = tmp_path / "alias" / "Someone"
     alias.mkdir(parents=True)
@@ -91,7 +98,7 @@ def test_ingest_command_reports_skips_and_is_idempotent(
     node = ShardNode("gal", stores, redis_url, tmp_path).start()
     try:
         info = httpx.get(f"{node.url}/v1/stores/gal/info").json()
-        assert (info["faces"], info["vectors"]) == (3, 9)  # the alias joined Juanes: no 4th face
+        assert (info["faces"], info["vectors"]) == (3, 10)  # the alias joined Juanes: no 4th face
         probe = (faces / "lfw_dev/Paul_Tagliabue/Paul_Tagliabue_0004.jpg").read_bytes()
         r = httpx.post(
             f"{node.url}/v1/stores/gal/identify", files={"image": ("p.jpg", probe)}, timeout=60
@@ -112,7 +119,7 @@ def test_gallery_in_stores_yaml_is_ingested_at_start(
         for n in (a, b):
             n.wait_ready()
             wait_until(
-                lambda n=n: httpx.get(f"{n.url}/v1/stores/gal/info").json()["vectors"] == 7,
+                lambda n=n: httpx.get(f"{n.url}/v1/stores/gal/info").json()["vectors"] == 8,
                 120,
                 what="gallery ingested and seen by every replica",
             )

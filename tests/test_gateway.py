@@ -47,8 +47,10 @@ class Cluster:
         write_stores(
             self.stores_file, [*self.store_entries(list(self.shards)), {"id": sid}]
         )  # the node reads its own entry at start-up
+        # a queue for the concurrent posts below: shedding is tested in test_overload.py
         self.shards[sid] = [
-            ShardNode(sid, self.stores_file, self.redis.url, self.work) for _ in range(replicas)
+            ShardNode(sid, self.stores_file, self.redis.url, self.work, max_queue="8")
+            for _ in range(replicas)
         ]
         for n in self.shards[sid]:
             n.start(wait=False)
@@ -153,6 +155,7 @@ def test_concurrent_first_visits_make_one_face_id(
     with cluster.client(CAM_A) as c, ThreadPoolExecutor(6) as ex:
         frames = [first, second] * 3
         answers = list(ex.map(lambda img: recognize(c, "store-a", img), frames))
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
     ids = {r.json()["faces"][0]["face_id"] for r in answers}
     new = [r.json()["faces"][0]["is_new"] for r in answers]
     assert len(ids) == 1, ids

@@ -37,7 +37,7 @@ nodes:
 stores:
   - {id: s1, node: edge_group_with_a_rather_long_name_that_goes_on_and_on-}
   - {id: s2, node: remote}
-  - {id: solo}
+  - {id: solo, embedder: dlib}
 """
 ODD = parse_stores(ODD_TEXT)
 
@@ -179,7 +179,8 @@ def test_groups_of_every_shape_get_valid_distinct_names() -> None:
     assert solo["spec"]["replicas"] == 2
     edge = next(d for d in sets if d is not solo)
     assert edge["spec"]["replicas"] == 3
-    # an ONNX embedder reads its weights from the models volume; dlib's ship in its wheel
+    # an ONNX embedder (or the default, arcface where its files are) reads its weights from the
+    # models volume; dlib's ship in its wheel
     assert {"name": "models", "mountPath": "/models", "readOnly": True} in _container(edge)[
         "volumeMounts"
     ]

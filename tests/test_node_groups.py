@@ -31,6 +31,7 @@ ADMIN = "node-groups-admin"
 def _write(path: Path, nodes: list[dict[str, Any]], stores: list[dict[str, Any]]) -> Path:
     import yaml
 
+    nodes = [{"embedder": "dlib", **n} for n in nodes]  # the shared lfw embeddings are dlib's
     path.write_text(yaml.safe_dump({"nodes": nodes, "stores": stores}, sort_keys=False))
     return path
 

@@ -162,3 +162,20 @@ def test_missing_recognizer_names_its_path() -> None:
 def test_wrong_dim_is_refused() -> None:
     with pytest.raises(ModelMismatch, match=f"{RECOGNIZER_MODEL} makes 128-d"):
         make_pipeline("arcface", {"dim": 512})
+
+
+def test_flip_tta_is_the_default_and_stays_near_the_plain_embedding(
+    arcface: FacePipeline, faces: Path
+) -> None:
+    plain = make_pipeline("arcface", {"flip": False})
+    rgb = _rgb(faces / "lfw_dev/Barbra_Streisand/Barbra_Streisand_0001.jpg")
+    (det,) = arcface.detect(rgb)
+    a, b = plain.embed(rgb, [det]), arcface.embed(rgb, [det])
+    assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-4)
+    d = float(distances(a, b, "cosine")[0, 0])
+    assert 0.0 < d < 0.15, d  # the mirror adds a second view of the same face
+    # a face at the frame's edge, whose mirror region is cut, is still embedded
+    edge = np.ascontiguousarray(rgb[:, int(det.x + det.w / 2) :])
+    found = arcface.detect(edge)
+    if found:
+        assert arcface.embed(edge, found[:1]).shape == (1, 128)

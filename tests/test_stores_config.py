@@ -119,7 +119,8 @@ def test_stores_share_a_node_group_and_old_files_keep_their_shape() -> None:
     assert groups["d"].ports == (9100 + 20, 9100 + 21)
     # a hosted store takes its node's embedder unless it says one (which must then match)
     assert cfg.store("a") is not None and cfg.store("a").embedder == "arcface"  # type: ignore[union-attr]
-    assert cfg.store("c") is not None and cfg.store("c").embedder == "dlib"  # type: ignore[union-attr]
+    # one that names none runs the default, decided by its node (tests/test_default_embedder.py)
+    assert cfg.store("c") is not None and cfg.store("c").embedder == "auto"  # type: ignore[union-attr]
     assert cfg.node_urls("n1") == ["http://127.0.0.1:8081/n1"]
     assert cfg.group_of("b").id == "n1"
 

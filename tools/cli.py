@@ -672,6 +672,32 @@ def erase(
     typer.echo(f"erased face {face_id}: {json.dumps(body)}")
 
 
+retention_app = typer.Typer(no_args_is_help=True, help="Visitor retention.")
+app.add_typer(retention_app, name="retention")
+
+
+@retention_app.command("sweep")
+def retention_sweep(
+    older_than_days: Annotated[
+        int | None,
+        typer.Option(min=1, help="this run only: erase visitors unseen this long, every store"),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="count what would be erased")] = False,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Erase unbound visitors unseen for their store's `visitor_retention_days` now."""
+    body: dict[str, Any] = {"dry_run": dry_run}
+    if older_than_days is not None:
+        body["older_than_days"] = older_than_days
+    with _gateway(url, api_key) as client:
+        done = _call(client, "POST", "/v1/retention/sweep", json=body)
+    if done["dry_run"]:
+        typer.echo(f"dry run: {done['expired']} of {done['scanned']} visitors would be erased")
+    else:
+        typer.echo(f"erased {done['erased']} FaceIds ({done['scanned']} visitors looked at)")
+
+
 @app.command("fetch-models")
 def fetch_models(
     dest: Annotated[

@@ -58,6 +58,10 @@ def _embed_one(path: str) -> tuple[np.ndarray | None, float]:
     return (analysis.faces[0].embedding if analysis.faces else None), ms
 
 
+# Bumped when an embedder's pipeline embeds differently, so cached sets are made again.
+PIPELINE_VERSION = {"arcface": 2}  # 2: flip TTA by default
+
+
 def embed_folder(
     folder: Path,
     embedder: str = "dlib",
@@ -70,6 +74,8 @@ def embed_folder(
     info = embedder_info(embedder, options)
     photos = list_photos(folder)
     digest = hashlib.sha256(repr(sorted(options.items())).encode())
+    if embedder in PIPELINE_VERSION:
+        digest.update(f"v{PIPELINE_VERSION[embedder]}".encode())
     for _, p in photos:
         digest.update(str(p.relative_to(folder)).encode())
         digest.update(str(p.stat().st_size).encode())

@@ -20,6 +20,7 @@ import httpx
 import redis
 import yaml
 
+from deploy import redis_ha
 from deploy.topology import redis_command
 from storeface.paths import ROOT
 
@@ -168,6 +169,88 @@ class RedisServer(Process):
         return self
 
 
+class RedisHA:
+    """A Redis primary, its replica and three Sentinels on free ports, each started by the
+    launcher `make run` uses (deploy/redis_ha.py), in one directory."""
+
+    def __init__(self, directory: Path, down_after_ms: int = 1000) -> None:
+        self.directory = directory
+        self.port = free_port(2 + redis_ha.SENTINELS)  # laid out as make run lays them out
+        self.sentinel_ports = redis_ha.sentinel_ports(self.port)
+        self.sentinels = redis_ha.sentinel_addrs("127.0.0.1", self.port)
+        primary, replica = f"127.0.0.1:{self.port}", f"127.0.0.1:{redis_ha.replica_port(self.port)}"
+        self.nodes: dict[int, Process] = {}
+        for me, peer in [(primary, replica), (replica, primary)]:
+            port = int(me.rsplit(":", 1)[1])
+            where = directory / f"redis-{port}"
+            # started before the Sentinels (below): no point waiting for their answer
+            argv = redis_ha.node_command(port, "127.0.0.1", where, primary, self.sentinels, peer, 0)
+            self.nodes[port] = Process(argv, directory / f"redis-{port}.log")
+        self.sentinel_procs = [
+            Process(
+                redis_ha.sentinel_command(
+                    p, "127.0.0.1", directory / f"sentinel-{p}", primary, down_after_ms
+                ),
+                directory / f"sentinel-{p}.log",
+            )
+            for p in self.sentinel_ports
+        ]
+
+    @property
+    def url(self) -> str:
+        """The first primary's URL (its db number is what a Sentinel client takes from it)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def primary(self) -> int:
+        """The port the Sentinels name as the primary now."""
+        found = redis_ha.ask_sentinels(self.sentinels)
+        assert found is not None, "no Sentinel answered"
+        return found[1]
+
+    def start(self, timeout: float = 20.0) -> RedisHA:
+        """Start the primary and replica, then (once in sync, so that the Sentinels' first
+        look finds the replica rather than one 10 s later) the Sentinels, and wait until each
+        knows the replica and the other two (a failover needs both)."""
+        try:
+            for p in self.nodes.values():
+                p.start()
+            wait_until(self._in_sync, timeout, 0.05, what="redis primary + replica")
+            for p in self.sentinel_procs:
+                p.start()
+            wait_until(self._ready, timeout, 0.1, what="redis primary + replica + sentinels")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _in_sync(self) -> bool:
+        for p in self.nodes.values():
+            if not p.alive:
+                raise ProcessDied(f"{p.args[:4]} exited:\n{p.tail()}")
+        with redis_ha.quick("127.0.0.1", redis_ha.replica_port(self.port)) as r:
+            return bool(r.info("replication").get("master_link_status") == "up")
+
+    def _ready(self) -> bool:
+        for p in [*self.sentinel_procs, *self.nodes.values()]:
+            if not p.alive:
+                raise ProcessDied(f"{p.args[:4]} exited:\n{p.tail()}")
+        for port in self.sentinel_ports:
+            with redis_ha.quick("127.0.0.1", port) as s:
+                replicas = s.execute_command("SENTINEL", "REPLICAS", redis_ha.SERVICE)
+                others = s.execute_command("SENTINEL", "SENTINELS", redis_ha.SERVICE)
+                if len(replicas) < 1 or len(others) < redis_ha.SENTINELS - 1:
+                    return False
+        return True
+
+    def stop(self) -> None:
+        """SIGCONT first (a frozen process ignores SIGTERM until then), then stop each."""
+        for p in [*self.nodes.values(), *self.sentinel_procs]:
+            if p.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGCONT)
+            p.stop(timeout=5)
+
+
 class ShardNode(Process):
     """One replica of one node group, started as `make run` starts it."""
 
@@ -261,7 +344,7 @@ class LocalCluster(Process):
             "front": free_port(taken=self.taken),
             "proxy": free_port(taken=self.taken),
             "gateway": free_port(gateways, self.taken),
-            "redis": free_port(taken=self.taken),
+            "redis": free_port(2 + redis_ha.SENTINELS, self.taken),  # + replica, Sentinels
         }
         self.gateways = gateways
         self.stores_file = work / "stores.yaml"

@@ -13,6 +13,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from storeface.errors import StorageUnavailable, StorefaceError
+from storeface.redis_client import NotReplicated
 
 log = logging.getLogger("storeface.http")
 
@@ -44,6 +45,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
+    @app.exception_handler(NotReplicated)
     async def _storage(_: Request, exc: Exception) -> JSONResponse:
         # Retried on fresh connections already (storeface.redis_client): Redis is down.
         log.warning("redis unavailable: %s", exc)

@@ -24,6 +24,8 @@ class EmbedderInfo:
     metric: Metric
     threshold: float  # distance at or below which two faces are the same person
     threshold_note: str  # how the threshold was measured, with its error rates
+    # Which landmarks are the image-left eye, the image-right eye and the nose (for yaw).
+    eyes_nose: tuple[tuple[int, ...], tuple[int, ...], int] = ((0,), (1,), 2)
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Face:
     blur: float  # Laplacian variance of the face crop; low means blurred
     landmarks: list[tuple[float, float]]
     embedding: np.ndarray
+    yaw: float | None = None  # degrees the head is turned, from the landmarks; None: unknown
 
 
 class FacePipeline(Protocol):
@@ -122,6 +125,7 @@ def analyze(
                 blur=blur,
                 landmarks=[(round(px, 1), round(py, 1)) for px, py in det.landmarks],
                 embedding=np.asarray(emb, dtype=np.float32),
+                yaw=yaw_degrees(det.landmarks, pipeline.info.eyes_nose),
             )
         )
     return faces
@@ -305,12 +309,54 @@ def refined(pipeline: FacePipeline, crop: FaceCrop, scale: float) -> FaceCrop:
     return replace(crop, face=max(again, key=lambda d: iou(d, crop.face)))
 
 
+# How far a head is turned, from where the nose sits between the eyes: its offset over the
+# eye distance is about NOSE_DEPTH·tan(yaw) (the nose tip stands ~0.55 eye distances out).
+NOSE_DEPTH = 0.55
+
+
+def yaw_degrees(
+    landmarks: list[tuple[float, float]], eyes_nose: tuple[tuple[int, ...], tuple[int, ...], int]
+) -> float | None:
+    """Left-right head turn in degrees (0: facing the camera); None without landmarks."""
+    left_idx, right_idx, nose_idx = eyes_nose
+    if len(landmarks) <= max(*left_idx, *right_idx, nose_idx):
+        return None
+    pts = np.asarray(landmarks, dtype=np.float64)
+    left, right = pts[list(left_idx)].mean(axis=0), pts[list(right_idx)].mean(axis=0)
+    axis = right - left
+    span = float(np.hypot(*axis))
+    if span < 1e-6:
+        return None
+    offset = float(np.dot(pts[nose_idx] - (left + right) / 2, axis)) / span**2
+    return round(math.degrees(math.atan(offset / NOSE_DEPTH)), 1)
+
+
+# A photo with several faces is enrolled by its largest when that one clearly dominates:
+# every other face is under the store's min_face_size, or at most this fraction of the
+# largest's size (docs/benchmarks.md, "Accuracy": measured on the lfw photos).
+DOMINANT_RATIO = 0.7
+
+
+def dominant(faces: list[Face], min_size: int) -> bool:
+    """One face (the first, largest) clearly dominates the others."""
+    if len(faces) < 2:
+        return True
+    second = faces[1].size  # faces come largest first
+    return second < min_size or second <= DOMINANT_RATIO * faces[0].size
+
+
 def enrollable_face(faces: list[Face], min_size: int, largest: bool) -> Face:
-    """The one face a photo is enrolled by (largest first); a clear error otherwise."""
+    """The one face a photo is enrolled by: its only face, its clearly dominant one, or
+    (`largest`) its largest; a clear error otherwise."""
     if not faces:
         raise NoFace()
-    if len(faces) > 1 and not largest:
-        raise MultipleFaces(faces=len(faces))
+    if not largest and not dominant(faces, min_size):
+        raise MultipleFaces(
+            "enrollment needs one clear face; the image has several of similar size "
+            "(crop it, or set largest=true to take the largest)",
+            faces=len(faces),
+            boxes=[list(f.box) for f in faces],
+        )
     face = faces[0]  # largest first
     if face.size < min_size:
         raise FaceTooSmall(

@@ -17,6 +17,7 @@ INFO = EmbedderInfo(
     name="dlib",
     dim=128,
     metric="l2",
+    eyes_nose=((2, 3), (0, 1), 4),  # the 5-point model: two corners per eye, the nose base
     threshold=0.43,
     threshold_note=(
         "L2 0.43: FMR 1.1%, TMR 36%, rank-1 94% on lfw_dev + 613 strangers vs a 655-face "

@@ -14,15 +14,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from shard_node.faces.base import Detection, EmbedderInfo
+from shard_node.faces.base import Detection, EmbedderInfo, iou
+from storeface.embedders import DETECTOR_MODEL, RECOGNIZER_MODEL
 from storeface.errors import ModelMismatch, ModelMissing
 from storeface.paths import models_dir
 
-DETECTOR_MODEL = "face_detection_yunet_2023mar.onnx"
-RECOGNIZER_MODEL = "arcface_mobilefacenet_128.onnx"
 DEFAULT_DIM = 128
 DEFAULT_DET_SCORE = 0.6
 INPUT_SIZE = 112
+MIRROR_IOU = 0.4  # the face found again in its mirror image overlaps its mirrored box this much
 
 # Where the eyes, nose tip and mouth corners sit in a 112×112 ArcFace input, in YuNet's
 # landmark order (the eye on the image's left first).
@@ -58,6 +58,8 @@ class OnnxOptions:
     recognizer_model: str = RECOGNIZER_MODEL
     dim: int = DEFAULT_DIM
     det_score: float = DEFAULT_DET_SCORE
+    # Embed the aligned face and its mirror, summed: docs/benchmarks.md, "Flip TTA".
+    flip: bool = True
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> OnnxOptions:
@@ -68,6 +70,7 @@ class OnnxOptions:
             recognizer_model=str(options.get("recognizer_model", RECOGNIZER_MODEL)),
             dim=int(options.get("dim", DEFAULT_DIM)),
             det_score=float(options.get("det_score", DEFAULT_DET_SCORE)),
+            flip=bool(options.get("flip", True)),
         )
 
     @property
@@ -161,6 +164,7 @@ class ArcFacePipeline:
     def __init__(self, options: OnnxOptions) -> None:
         self.options = options
         self.info = arcface_info(options)
+        self._flip = options.flip
         detector = str(require_model(options.detector_path))
         recognizer = require_model(options.recognizer_path)
         with _opencv_quiet():
@@ -200,7 +204,27 @@ class ArcFacePipeline:
         if not detections:
             return np.zeros((0, self.info.dim), dtype=np.float32)
         crops = [align(rgb, landmarks_of(d)) for d in detections]
-        return l2_normalize(self._forward(to_blob(crops)))
+        if not self._flip:
+            return l2_normalize(self._forward(to_blob(crops)))
+        crops += [self._mirrored(rgb, d) for d in detections]
+        both = l2_normalize(self._forward(to_blob(crops)))
+        n = len(detections)
+        return l2_normalize(both[:n] + both[n:])
+
+    def _mirrored(self, rgb: np.ndarray, det: Detection) -> np.ndarray:
+        """The face aligned in a mirror image of its surroundings, its landmarks found again
+        there: a second, independent alignment is what makes flip TTA pay."""
+        pad = 0.5 * max(det.w, det.h)
+        x0, y0 = max(0, int(det.x - pad)), max(0, int(det.y - pad))
+        x1 = min(rgb.shape[1], int(det.x + det.w + pad) + 1)
+        y1 = min(rgb.shape[0], int(det.y + det.h + pad) + 1)
+        region = np.ascontiguousarray(rgb[y0:y1, x0:x1][:, ::-1])
+        width = x1 - x0
+        mirror = Detection(width - (det.x - x0) - det.w, det.y - y0, det.w, det.h, det.score)
+        found = [d for d in self.detect(region) if iou(d, mirror) > MIRROR_IOU]
+        if not found:  # not found again: the crop's own mirror
+            return align(rgb, landmarks_of(det))[:, ::-1]
+        return align(region, landmarks_of(max(found, key=lambda d: iou(d, mirror))))
 
     def _forward(self, blob: np.ndarray) -> np.ndarray:
         self._net.setInput(blob)

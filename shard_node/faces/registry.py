@@ -6,7 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from shard_node.faces.base import EmbedderInfo, FacePipeline
+from storeface.embedders import AUTO, resolve_embedder
 from storeface.errors import UnknownEmbedder
+
+__all__ = ["AUTO", "available_embedders", "embedder_info", "make_pipeline", "resolve_embedder"]
 
 # Each embedder's modules are imported when it is first used: a node running arcface never
 # loads dlib (and its models), and the reverse.
@@ -60,6 +63,7 @@ def available_embedders() -> list[str]:
 
 def make_pipeline(name: str, options: dict[str, Any] | None = None) -> FacePipeline:
     """Build the named pipeline; loads model weights, so call it once per process."""
+    name = resolve_embedder(name, options)[0]
     if name not in _FACTORIES:
         raise UnknownEmbedder(
             f"unknown embedder {name!r}; known: {', '.join(available_embedders())}"
@@ -69,6 +73,7 @@ def make_pipeline(name: str, options: dict[str, Any] | None = None) -> FacePipel
 
 def embedder_info(name: str, options: dict[str, Any] | None = None) -> EmbedderInfo:
     """Dimension, metric and threshold of the named embedder, without loading its weights."""
+    name = resolve_embedder(name, options)[0]
     if name not in _FACTORIES:
         raise UnknownEmbedder(
             f"unknown embedder {name!r}; known: {', '.join(available_embedders())}"
