@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from gateway import insights, recognition, service
@@ -44,8 +44,17 @@ CONFLICTS = {
     ("post", "/v1/retention/sweep"),
 }
 
-StoreForm = Annotated[str, Form(min_length=1, max_length=64)]
+StoreForm = Annotated[
+    str, Form(min_length=1, max_length=64, description="the store the photo was taken at")
+]
 Image = Annotated[UploadFile, File(description="a photo or camera frame")]
+StorePath = Annotated[str, Path(description="the store's id (stores.yaml), e.g. store-a")]
+FaceIdPath = Annotated[int, Path(description="the FaceId")]
+
+
+def _form_example(**fields: object) -> dict[str, object]:
+    """openapi_extra: an example of a multipart body (files shown as their name)."""
+    return {"requestBody": {"content": {"multipart/form-data": {"example": fields}}}}
 
 
 def _allow(gw: Gateway, keys: KeyRing, key: str | None, store_id: str) -> None:
@@ -60,7 +69,11 @@ def _limit(request: Request) -> int:
     return int(request.app.state.settings.max_image_bytes)
 
 
-@router.post("/v1/recognize", response_model=RecognizeResponse)
+@router.post(
+    "/v1/recognize",
+    response_model=RecognizeResponse,
+    openapi_extra=_form_example(image="door-cam-1.jpg", store_id="store-a"),
+)
 async def recognize(
     request: Request, gw: GatewayDep, keys: KeysDep, key: ApiKey, image: Image, store_id: StoreForm
 ) -> Response:
@@ -70,7 +83,13 @@ async def recognize(
     return model_response(await recognition.recognize(gw, store_id, data))
 
 
-@router.post("/v1/search", response_model=SearchResponse)
+@router.post(
+    "/v1/search",
+    response_model=SearchResponse,
+    openapi_extra=_form_example(
+        image="door-cam-1.jpg", store_id="store-a", top_k=5, everywhere=False
+    ),
+)
 async def search(
     request: Request,
     gw: GatewayDep,
@@ -78,8 +97,10 @@ async def search(
     key: ApiKey,
     image: Image,
     store_id: StoreForm,
-    top_k: Annotated[int, Form(ge=1, le=100)] = 5,
-    everywhere: Annotated[bool, Form()] = False,
+    top_k: Annotated[int, Form(ge=1, le=100, description="matches per face")] = 5,
+    everywhere: Annotated[
+        bool, Form(description="search every store, not only this one's")
+    ] = False,
 ) -> SearchResponse:
     """Top-k matches with distances; no registration, no visit."""
     _allow(gw, keys, key, store_id)
@@ -87,7 +108,11 @@ async def search(
     return await recognition.search(gw, store_id, data, top_k, everywhere)
 
 
-@router.post("/v1/verify", response_model=VerifyResponse)
+@router.post(
+    "/v1/verify",
+    response_model=VerifyResponse,
+    openapi_extra=_form_example(image_a="id-card.jpg", image_b="selfie.jpg", store_id="store-a"),
+)
 async def verify(
     request: Request,
     gw: GatewayDep,
@@ -95,7 +120,9 @@ async def verify(
     key: ApiKey,
     image_a: Image,
     image_b: Image,
-    store_id: Annotated[str | None, Form()] = None,
+    store_id: Annotated[
+        str | None, Form(description="embed with this store's embedder (default: the first)")
+    ] = None,
 ) -> VerifyResponse:
     """1:1: the largest face of each photo, same person or not."""
     store = store_id or gw.stores.config.stores[0].id
@@ -112,16 +139,21 @@ async def verify(
     status_code=201,
     dependencies=[Admin],
     responses={200: {"model": wire.EnrollResponse, "description": "the face was known"}},
+    openapi_extra=_form_example(image="member-photo.jpg", label="Ada L.", member_id="m-1001"),
 )
 async def enroll(
     request: Request,
     gw: GatewayDep,
-    store_id: str,
+    store_id: StorePath,
     image: Image,
-    label: Annotated[str, Form(max_length=200)] = "",
-    member_id: Annotated[str, Form(max_length=100)] = "",
-    face_id: Annotated[int | None, Form(ge=1)] = None,
-    largest: Annotated[bool, Form()] = False,
+    label: Annotated[str, Form(max_length=200, description="a name for the FaceId")] = "",
+    member_id: Annotated[str, Form(max_length=100, description="bind this member id")] = "",
+    face_id: Annotated[
+        int | None, Form(ge=1, description="file the photo under this FaceId")
+    ] = None,
+    largest: Annotated[
+        bool, Form(description="take the largest face when the photo has several")
+    ] = False,
     new_person: Annotated[bool, Form(description="409 if the face is already known")] = False,
     force: Annotated[bool, Form(description="file under face_id even if far from it")] = False,
     everywhere: Annotated[bool, Form(description="also look in the fallback stores")] = False,
@@ -150,7 +182,12 @@ async def enroll(
     return model_response(done, 201 if done.created else 200)
 
 
-@router.post("/v1/erase", response_model=PhotoEraseResponse, dependencies=[Admin])
+@router.post(
+    "/v1/erase",
+    response_model=PhotoEraseResponse,
+    dependencies=[Admin],
+    openapi_extra=_form_example(image="erasure-request.jpg"),
+)
 async def erase_by_photo(
     request: Request,
     gw: GatewayDep,
@@ -177,7 +214,7 @@ Reason = Annotated[
 
 @router.delete("/v1/faces/{face_id}", response_model=wire.EraseResponse, dependencies=[Admin])
 async def erase(
-    gw: GatewayDep, keys: KeysDep, key: ApiKey, face_id: int, reason: Reason = "request"
+    gw: GatewayDep, keys: KeysDep, key: ApiKey, face_id: FaceIdPath, reason: Reason = "request"
 ) -> wire.EraseResponse:
     """Erase a person everywhere: vectors in every store, member binding, visit traces; the
     audit trail records it."""
@@ -185,7 +222,7 @@ async def erase(
 
 
 @router.post("/v1/faces/{face_id}/merge", response_model=MergeResponse, dependencies=[Admin])
-async def merge(gw: GatewayDep, face_id: int, body: MergeRequest) -> MergeResponse:
+async def merge(gw: GatewayDep, face_id: FaceIdPath, body: MergeRequest) -> MergeResponse:
     """Merge two FaceIds that are one person: `other` joins this one everywhere and ends."""
     return await service.merge(gw, face_id, body.other)
 
@@ -193,14 +230,16 @@ async def merge(gw: GatewayDep, face_id: int, body: MergeRequest) -> MergeRespon
 @router.put(
     "/v1/faces/{face_id}/member", response_model=MemberBindingResponse, dependencies=[Admin]
 )
-async def bind_member(gw: GatewayDep, face_id: int, body: MemberBinding) -> MemberBindingResponse:
+async def bind_member(
+    gw: GatewayDep, face_id: FaceIdPath, body: MemberBinding
+) -> MemberBindingResponse:
     return await service.bind_member(gw, face_id, body)
 
 
 @router.delete(
     "/v1/faces/{face_id}/member", response_model=MemberBindingResponse, dependencies=[Admin]
 )
-async def unbind_member(gw: GatewayDep, face_id: int) -> MemberBindingResponse:
+async def unbind_member(gw: GatewayDep, face_id: FaceIdPath) -> MemberBindingResponse:
     return await service.unbind_member(gw, face_id)
 
 
@@ -211,9 +250,14 @@ async def stats(
     gw: GatewayDep,
     keys: KeysDep,
     key: ApiKey,
-    store_id: str,
-    from_: Annotated[dt.date | None, Query(alias="from")] = None,
-    to: Annotated[dt.date | None, Query()] = None,
+    store_id: StorePath,
+    from_: Annotated[
+        dt.date | None,
+        Query(alias="from", description="first day (UTC), ISO 8601; default: `to`; at most a year"),
+    ] = None,
+    to: Annotated[
+        dt.date | None, Query(description="last day (UTC), ISO 8601; default: today")
+    ] = None,
 ) -> StatsResponse:
     """Per day: PV, UV, new vs returning visitors, member visits."""
     _allow(gw, keys, key, store_id)
@@ -237,8 +281,8 @@ async def visits(
     gw: GatewayDep,
     keys: KeysDep,
     key: ApiKey,
-    store_id: str,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    store_id: StorePath,
+    limit: Annotated[int, Query(ge=1, le=500, description="how many visits, newest first")] = 50,
 ) -> VisitsResponse:
     """A store's latest counted visits: FaceIds, new or returning, time; never a photo."""
     _allow(gw, keys, key, store_id)
@@ -246,13 +290,24 @@ async def visits(
 
 
 @router.get("/v1/stores/{store_id}/health", response_model=StoreHealth)
-async def store_health(gw: GatewayDep, keys: KeysDep, key: ApiKey, store_id: str) -> StoreHealth:
+async def store_health(
+    gw: GatewayDep, keys: KeysDep, key: ApiKey, store_id: StorePath
+) -> StoreHealth:
     """The store's node group: replicas up, faces, index type, embedder."""
     _allow(gw, keys, key, store_id)
     return await insights.health(gw, store_id)
 
 
-@router.post("/v1/retention/sweep", response_model=SweepResponse, dependencies=[Admin])
+@router.post(
+    "/v1/retention/sweep",
+    response_model=SweepResponse,
+    dependencies=[Admin],
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/json": {"example": {"older_than_days": 90, "dry_run": True}}}
+        }
+    },
+)
 async def retention_sweep(
     gw: GatewayDep, keys: KeysDep, key: ApiKey, body: SweepRequest | None = None
 ) -> SweepResponse:
@@ -264,8 +319,10 @@ async def retention_sweep(
 @router.get("/v1/audit", response_model=AuditPage, dependencies=[Admin])
 async def audit(
     gw: GatewayDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: Annotated[str | None, Query(max_length=41)] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="how many entries, newest first")] = 50,
+    before: Annotated[
+        str | None, Query(max_length=41, description="an entry's id: only older entries")
+    ] = None,
 ) -> AuditPage:
     """The erase audit trail, newest first: time, actor (a key's id), FaceId, reason, stores."""
     return await insights.audit(gw, limit, before)

@@ -16,6 +16,7 @@ from gateway.models import (
 )
 from gateway.recognition import Gateway, _Candidate, fan_out
 from storeface import wire
+from storeface.embedders import may_match
 from storeface.errors import AlreadyEnrolled, FaceNotFound, InvalidRequest, MemberTaken, NoFace
 from storeface.stores import StoreConfig
 
@@ -135,9 +136,13 @@ async def erase_by_photo(
         limit = max_distance or round(ERASE_STRICTNESS * (home.threshold or ident.threshold), 6)
         face = ident.faces[0]
         same = [
-            s for s in gw.stores.config.stores if s.id != home.id and s.embedder == home.embedder
+            s
+            for s in gw.stores.config.stores
+            if s.id != home.id and may_match(s.embedder, home.embedder)
         ]
-        rows, missed = await fan_out(gw, home, [face.embedding], ERASE_TOP_K, stores=same)
+        rows, missed = await fan_out(
+            gw, home, [face.embedding], ERASE_TOP_K, stores=same, embedder=ident.embedder
+        )
         degraded += missed
         hits = [(m.face_id, m.distance) for m in face.matches]
         hits += [(c.face_id, c.distance) for c in rows[0]]

@@ -12,6 +12,12 @@ DETECTOR_MODEL = "face_detection_yunet_2023mar.onnx"
 RECOGNIZER_MODEL = "arcface_mobilefacenet_128.onnx"
 
 
+def may_match(a: str, b: str) -> bool:
+    """Whether two stores' configured embedders may be the same: `auto` is decided by each
+    node at start-up, so only the fan-out's check of what a group runs can tell."""
+    return a == b or AUTO in (a, b)
+
+
 def resolve_embedder(name: str, options: dict[str, Any] | None = None) -> tuple[str, str]:
     """The embedder `name` stands for, and a warning when `auto` had to fall back to dlib."""
     if name != AUTO:

@@ -8,10 +8,10 @@ from pydantic import BaseModel, Field, model_validator
 
 
 class Box(BaseModel):
-    x: int
-    y: int
-    w: int
-    h: int
+    x: int = Field(description="left edge, in pixels")
+    y: int = Field(description="top edge, in pixels")
+    w: int = Field(description="width, in pixels")
+    h: int = Field(description="height, in pixels")
 
 
 class Quality(BaseModel):
@@ -98,8 +98,8 @@ class RegisterRequest(BaseModel):
 
 
 class EnrollResponse(BaseModel):
-    face_id: int
-    vec_id: int
+    face_id: int = Field(description="the FaceId the photo was enrolled under")
+    vec_id: int = Field(description="the id of the stored vector")
     created: bool = Field(description="a new FaceId was made")
     duplicate: bool = Field(default=False, description="this exact photo was already enrolled")
     distance: float | None = Field(
@@ -113,11 +113,33 @@ class EnrollResponse(BaseModel):
         default=None, description="the FaceId the member id was taken from (move_member)"
     )
 
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "face_id": 42,
+                    "vec_id": 6101,
+                    "created": True,
+                    "duplicate": False,
+                    "distance": None,
+                    "matched_store": None,
+                    "member_moved_from": None,
+                }
+            ]
+        }
+    }
+
 
 class EraseResponse(BaseModel):
-    face_id: int
-    erased: bool
-    stores: list[str] = Field(default_factory=list)
+    face_id: int = Field(description="the FaceId")
+    erased: bool = Field(description="something was erased")
+    stores: list[str] = Field(default_factory=list, description="the stores it was erased from")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{"face_id": 42, "erased": True, "stores": ["store-a", "store-b"]}]
+        }
+    }
 
 
 class InfoResponse(BaseModel):
@@ -154,8 +176,27 @@ class NodeInfoResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: str
-    details: dict[str, Any] = Field(default_factory=dict)
+    status: str = Field(description="ok | ready | not_ready")
+    details: dict[str, Any] = Field(
+        default_factory=dict,
+        description="per dependency: Redis, node groups and the stores each hosts",
+    )
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "status": "ready",
+                    "details": {
+                        "redis": True,
+                        "config_error": None,
+                        "nodes": {"node-1": True},
+                        "stores": {"store-a": True, "store-b": True},
+                    },
+                }
+            ]
+        }
+    }
 
 
 class ErrorBody(BaseModel):

@@ -77,3 +77,20 @@ def test_invalid_file_at_start_up_is_refused(tmp_path: Path) -> None:
         node.start()
     assert "error: " in node.tail() and "stores.yaml:4: stores.1.replicas" in node.tail()
     node.stop()
+
+
+def test_a_store_on_the_default_embedder_may_search_an_explicit_one(tmp_path: Path) -> None:
+    """`auto` is decided by each node at start-up: the gateway cannot tell it apart from an
+    explicit arcface or dlib, so it asks, and the fan-out drops a group that runs another."""
+    path = write_stores(
+        tmp_path / "stores.yaml",
+        [
+            {"id": "a", "embedder": "auto"},
+            {"id": "b", "embedder": "arcface"},
+            {"id": "c", "embedder": "dlib"},
+        ],
+    )
+    m = StoreMap(path)
+    assert targets(m, "a") == ["b", "c"]
+    assert targets(m, "b") == ["a"]  # never c: explicitly another embedder
+    assert targets(m, "c") == ["a"]

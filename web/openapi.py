@@ -20,6 +20,7 @@ ERROR_SCHEMA: dict[str, Any] = {
     "properties": {
         "error": {
             "type": "object",
+            "description": "what went wrong",
             "required": ["code", "message"],
             "properties": {
                 "code": {"type": "string", "description": "stable: switch on this, not on text"},
