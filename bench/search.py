@@ -1,4 +1,5 @@
-"""The index at scale: exact Flat vs IVF-Flat vs HNSW vs the product's StoreIndex.
+"""The index at scale: exact Flat vs IVF-Flat vs IVF-PQ fast-scan vs HNSW vs the product's
+StoreIndex (Flat while small, then IVF over 4-bit PQ fast-scan codes, re-ranked exactly).
 
     python -m bench.search            # full run: 10k / 100k / 1M vectors, 128-d and 512-d
     python -m bench.search --quick    # a minute: 10k / 50k, 128-d
@@ -44,6 +45,7 @@ from bench.common import (
     time_each,
     write_results,
 )
+from shard_node.index import IndexPolicy
 
 # ArcFace-class statistics (../shared/models/README.md, measured on lfw_dev).
 ARCFACE_SAME_COS = 0.62
@@ -307,7 +309,16 @@ def calibration_recall(index: Any, truth: Truth) -> dict[str, float]:
 
 
 def _index_bytes(index: Any) -> int:
+    if isinstance(index, faiss.IndexFlat):  # no 2 GB serialised copy just to count it
+        return int(index.ntotal * index.d * 4)
+    if isinstance(index, faiss.IndexIVFFlat):
+        return int(index.ntotal * (index.d * 4 + 8) + index.nlist * index.d * 4)
     return int(faiss.serialize_index(index).nbytes)
+
+
+def pq_m(dim: int, spec: str) -> int:
+    """Sub-quantizers for a --pq spec: a number, or "d/2", "d/4" (of this dimension)."""
+    return dim // int(spec[2:]) if spec.startswith("d/") else int(spec)
 
 
 def measure_search(
@@ -486,15 +497,81 @@ def run_hnsw(ds: Dataset, truth: Truth, args: argparse.Namespace) -> list[dict[s
     return rows
 
 
+def run_ivfpq(ds: Dataset, truth: Truth, m: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """IVF (√n lists) over 4-bit PQ fast-scan codes, top `--rerank` re-scored from raw vectors."""
+    from shard_node.index import NPROBE_STEPS, _nlist_for
+
+    n, d = ds.x.shape
+    nlist = _nlist_for(n)
+    index: Any = faiss.index_factory(d, f"IVF{nlist},PQ{m}x4fs", faiss.METRIC_L2)
+    index.by_residual = False
+    faiss.omp_set_num_threads(args.threads)
+    rng = np.random.default_rng(1)
+    n_train = min(n, nlist * args.train_per_list)
+    with stopwatch() as sw_train:
+        index.train(ds.x[np.sort(rng.choice(n, size=n_train, replace=False))])
+    with stopwatch() as sw_add:
+        index.add(ds.x)
+    nbytes = _index_bytes(index) + ds.x.nbytes  # re-ranking needs the raw vectors
+    x = ds.x
+    rows = []
+    for nprobe in (p for p in NPROBE_STEPS if args.pq_min_nprobe <= p <= nlist):
+        params: Any = faiss.SearchParametersIVF()
+        params.nprobe = nprobe
+
+        def search(q: np.ndarray, params: Any = params) -> tuple[np.ndarray, np.ndarray]:
+            _, cand = index.search(q, args.rerank, params=params)
+            dist = np.full((len(q), 1), np.inf, np.float32)
+            ids = np.full((len(q), 1), -1, np.int64)
+            for r in range(len(q)):
+                c = cand[r][cand[r] >= 0]
+                diff = x[c] - q[r]
+                d2 = np.einsum("ij,ij->i", diff, diff)
+                j = int(np.argmin(d2))
+                dist[r, 0], ids[r, 0] = d2[j], c[j]
+            return dist, ids
+
+        res = measure_search(search, ds, truth, args)
+        rows.append(
+            {
+                "index": "IVF-PQfs",
+                "params": f"nlist={nlist} PQ{m}x4fs nprobe={nprobe} k'={args.rerank}",
+                "nlist": nlist,
+                "pq_m": m,
+                "nprobe": nprobe,
+                "scanned_share": nprobe / nlist,
+                "train_points": n_train,
+                "build_s": sw_train[0] + sw_add[0],
+                "train_s": sw_train[0],
+                "add_s": sw_add[0],
+                "bytes": nbytes,
+                **res,
+            }
+        )
+        log(
+            f"  IVF-PQfs PQ{m} nprobe={nprobe}: recall@1 {res['recall_at_1']:.3f}, "
+            f"match@1 {res.get('matchable_face_recall_at_1') or 0:.4f}, "
+            f"p50 {res['single_p50_ms']:.2f} ms"
+        )
+        if res["recall_at_1"] >= args.stop_recall:
+            break
+    return rows
+
+
 def run_store_index(
     ds: Dataset, truth: Truth, shape: Shape, args: argparse.Namespace
 ) -> dict[str, Any]:
     """The product's own index, as a shard node builds it (add, then rebuild when told to)."""
     from shard_node.index import IndexPolicy, StoreIndex
 
-    n = len(ds.x)
-    policy = IndexPolicy(ivf_threshold=args.ivf_threshold)
-    faiss.omp_set_num_threads(args.threads)  # the shard process leaves faiss at its default
+    n, d = ds.x.shape
+    policy = IndexPolicy(
+        ivf_threshold=args.ivf_threshold,
+        match_threshold=_store_threshold(shape),
+        calibration_queries=args.store_calibration_queries,
+        build_threads=args.build_threads,
+    )
+    faiss.omp_set_num_threads(args.threads)
     index = StoreIndex(shape.dim, shape.metric, "bench", policy)
     with stopwatch() as sw_add:
         index.add(list(range(n)), ds.face_of.tolist(), ds.x)
@@ -503,66 +580,76 @@ def run_store_index(
         with stopwatch() as sw_rebuild:
             index.rebuild()
         rebuild_s = sw_rebuild[0]
-    raw: Any = index._index  # the faiss index inside; read-only here
-    nlist = int(raw.nlist) if index.kind == "ivf" else None
-    face_id_of_vec = ds.face_of
+    memory = index.memory()
 
     def search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         got = index.search(q, 1)
-        # StoreIndex answers FaceIds; map back to "a vector of that face" for recall.
+        # StoreIndex answers FaceIds and exact distances: compare both with exact search's.
         faces = np.array([m[0].face_id if m else -1 for m in got], dtype=np.int64)
-        return np.zeros((len(q), 1), np.float32), faces[:, None]
+        dist = np.array([m[0].distance if m else np.inf for m in got], dtype=np.float64)
+        d2 = 2 * dist if shape.metric == "cosine" else dist**2  # as squared L2 (unit vectors)
+        return d2[:, None].astype(np.float32), faces[:, None]
 
     res = measure_search(search, ds, None, args)
     faces = res.pop("_ids")
-    res.pop("_d2")
-    face_hit = faces == face_id_of_vec[truth.ids]
+    d2 = res.pop("_d2")
+    face_hit = faces == ds.face_of[truth.ids]
+    tie = d2 <= truth.dist2 * (1 + 1e-4) + 1e-6  # re-ranked distances are exact
+    limit = policy.flat_limit(d)
     row: dict[str, Any] = {
         "index": f"StoreIndex ({index.kind})",
         "params": (
-            f"threshold={policy.ivf_threshold} nlist={nlist} nprobe={index.nprobe} (calibrated)"
-            if index.kind == "ivf"
-            else f"threshold={policy.ivf_threshold} (flat below it)"
-            if n < policy.ivf_threshold
-            else f"threshold={policy.ivf_threshold}, IVF rejected by its calibration: flat"
+            f"nlist={index.nlist} nprobe={index.nprobe} k'={policy.rerank} (calibrated)"
+            if index.kind == "ivfpq"
+            else f"flat below {limit:,}"
+            if n < limit
+            else "IVF rejected by its calibration: flat"
         ),
         "kind": index.kind,
-        "nlist": nlist,
+        "nlist": index.nlist,
         "nprobe": index.nprobe,
+        "flat_limit": limit,
         "add_s": sw_add[0],
         "rebuild_s": rebuild_s,
         "build_s": sw_add[0] + (rebuild_s or 0.0),
-        "bytes": _index_bytes(raw),
+        "bytes": sum(memory.values()),
+        "memory": memory,
+        "raw_ratio": sum(memory.values()) / (n * d * 4),
         **res,
         "face_recall_at_1": float(face_hit.mean()),
-        "recall_at_1": None,
+        "recall_at_1": float(tie.mean()),
     }
     if truth.threshold is not None:
         matchable = np.sqrt(np.maximum(truth.dist2, 0)) <= truth.threshold
+        row["matchable_queries"] = int(matchable.sum())
         row["matchable_face_recall_at_1"] = (
             float(face_hit[matchable].mean()) if matchable.any() else None
         )
-    # What a single search costs with faiss left at all cores (the shard's default).
-    faiss.omp_set_num_threads(args.threads)
-    n_chk = min(50, len(ds.queries))
-    row["single_p50_ms_all_threads"] = float(
-        np.median(time_each(lambda i: index.search(ds.queries[i : i + 1], 1), n_chk))
-    )
     return row
 
 
 # --- the driver --------------------------------------------------------------------------
 
 
-def _threshold(shape: Shape) -> float | None:
-    if shape.name != "dlib128":
+def _store_threshold(shape: Shape) -> float | None:
+    """The match threshold of the embedder a shape stands for, in the store's own metric."""
+    name = {"dlib128": "dlib", "arcface512": "arcface"}.get(shape.name)
+    if name is None:
         return None
     try:
         from shard_node.faces.registry import embedder_info
 
-        return float(embedder_info("dlib").threshold)
+        return float(embedder_info(name).threshold)
     except Exception:
         return None
+
+
+def _threshold(shape: Shape) -> float | None:
+    """That threshold as an L2 distance (what exact search's truth is in)."""
+    t = _store_threshold(shape)
+    if t is None or shape.metric == "l2":
+        return t
+    return math.sqrt(2 * t)  # cosine distance t between unit vectors
 
 
 def bench_size(shape: Shape, n: int, args: argparse.Namespace, store: bool) -> dict[str, Any]:
@@ -607,12 +694,18 @@ def bench_size(shape: Shape, n: int, args: argparse.Namespace, store: bool) -> d
             log("  skipped " + skipped[-1])
         else:
             rows.extend(run_hnsw(ds, truth, args))
+    if "ivfpq" in args.indexes:
+        for m in sorted({pq_m(d, spec) for spec in args.pq}, reverse=True):
+            rows.extend(run_ivfpq(ds, truth, m, args))
+            gc.collect()
     if store and "store" in args.indexes:
         log(f"  StoreIndex n={n:,} ...")
         row = run_store_index(ds, truth, shape, args)
         log(
-            f"  StoreIndex: {row['params']}, rebuild {row['rebuild_s']}, "
-            f"face recall {row['face_recall_at_1']:.3f}, p50 {row['single_p50_ms']:.2f} ms"
+            f"  StoreIndex: {row['params']}, build {row['build_s']:.1f}s, recall@1 "
+            f"{row['recall_at_1']:.3f}, match@1 {row.get('matchable_face_recall_at_1') or 0:.4f}, "
+            f"p50 {row['single_p50_ms']:.2f} ms, {row['bytes'] / n:.0f} B/vector "
+            f"({row['raw_ratio']:.2f}× raw)"
         )
         rows.append(row)
     for r in rows:
@@ -642,9 +735,8 @@ def summarize(results: list[dict[str, Any]], target: float) -> list[dict[str, An
             "flat_p50_ms": flat["single_p50_ms"],
             "flat_batch_ms": flat["batch_ms_per_query"],
         }
-        for kind in ("IVF-Flat", "HNSW-Flat"):
+        for kind, key in (("IVF-Flat", "ivf"), ("HNSW-Flat", "hnsw"), ("IVF-PQfs", "pq")):
             ok = [r for r in rows if r["index"] == kind and (r.get("recall_at_1") or 0) >= target]
-            key = "ivf" if kind == "IVF-Flat" else "hnsw"
             if ok:
                 best = min(ok, key=lambda r: r["single_p50_ms"])
                 entry[f"{key}_params"] = best["params"]
@@ -670,18 +762,41 @@ def summarize(results: list[dict[str, Any]], target: float) -> list[dict[str, An
                 best = min(ok_m, key=lambda r: r["single_p50_ms"])
                 entry[f"{key}_match_params"] = best["params"]
                 entry[f"{key}_match_p50_ms"] = best["single_p50_ms"]
+                entry[f"{key}_match_p99_ms"] = best["single_p99_ms"]
+                entry[f"{key}_match_recall"] = best["matchable_face_recall_at_1"]
+        store = next((r for r in rows if r["index"].startswith("StoreIndex")), None)
+        if store is not None:
+            entry.update(
+                {
+                    "store_kind": store["kind"],
+                    "store_params": store["params"],
+                    "store_p50_ms": store["single_p50_ms"],
+                    "store_p99_ms": store["single_p99_ms"],
+                    "store_recall": store["recall_at_1"],
+                    "store_match_recall": store.get("matchable_face_recall_at_1"),
+                    "store_build_s": store["build_s"],
+                    "store_bytes_per_vector": store["bytes"] / res["n"],
+                    "store_raw_ratio": store["raw_ratio"],
+                    "store_speedup": flat["single_p50_ms"] / store["single_p50_ms"],
+                }
+            )
         out.append(entry)
     return out
 
 
-def crossover(summary: list[dict[str, Any]], shape: str) -> float | None:
+def crossover(summary: list[dict[str, Any]], shape: str, key: str = "ivf") -> float | None:
     """Size where IVF (at the target recall) and Flat cost the same per single query.
 
     Log-log interpolation of the speed-up between the measured sizes; the smallest size
-    measured when IVF is already faster there (so: "at most this").
+    measured when IVF is already faster there (so: "at most this"). key "store": the
+    product's StoreIndex where it built IVF-PQ.
     """
     pts = sorted(
-        (e["n"], e["ivf_speedup"]) for e in summary if e["shape"] == shape and "ivf_speedup" in e
+        (e["n"], e[f"{key}_speedup"])
+        for e in summary
+        if e["shape"] == shape
+        and f"{key}_speedup" in e
+        and (key != "store" or e.get("store_kind") == "ivfpq")
     )
     for (n0, s0), (n1, s1) in itertools.pairwise(pts):
         if s0 < 1 <= s1:
@@ -731,6 +846,7 @@ def print_tables(payload: dict[str, Any]) -> None:
                     r["params"],
                     r["build_s"],
                     r["bytes"] / 2**20,
+                    r["bytes"] / res["n"],
                     r["single_p50_ms"],
                     r["single_p99_ms"],
                     r["batch_ms_per_query"],
@@ -754,6 +870,7 @@ def print_tables(payload: dict[str, Any]) -> None:
                     "params",
                     "build s",
                     "MiB",
+                    "B/vec",
                     "p50 ms",
                     "p99 ms",
                     "batch ms/q",
@@ -809,6 +926,7 @@ def print_tables(payload: dict[str, Any]) -> None:
             rows,
         )
     )
+    print_product_tables(payload)
     for shape, n in payload["crossover"].items():
         smallest = min((e["n"] for e in payload["summary"] if e["shape"] == shape), default=0)
         if n is None:
@@ -834,6 +952,66 @@ def print_tables(payload: dict[str, Any]) -> None:
         print(f"\nskipped: {msg}")
 
 
+def print_product_tables(payload: dict[str, Any]) -> None:
+    """IVF-PQ fast-scan (raw faiss + re-rank) and the product's StoreIndex, per size."""
+    target = payload["target_recall"]
+    summary = payload["summary"]
+    pq = [e for e in summary if "pq_params" in e]
+    if pq:
+        print(
+            f"\n## IVF-PQ fast-scan + exact re-rank: fastest at recall@1 ≥ {target}, and at "
+            f"match@1 ≥ {target} (single query, p50/p99 ms)\n"
+        )
+        rows = [
+            [
+                e["shape"],
+                e["n"],
+                e["flat_p50_ms"],
+                e.get("pq_params"),
+                e.get("pq_p50_ms"),
+                e.get("pq_p99_ms"),
+                e.get("pq_match_params"),
+                e.get("pq_match_p50_ms"),
+                e.get("pq_match_p99_ms"),
+                _r3(e.get("pq_match_recall")),
+            ]
+            for e in pq
+        ]
+        head = ["shape", "n", "Flat p50", "at recall@1", "p50", "p99", "at match@1", "p50", "p99"]
+        print(table([*head, "match@1"], rows))
+    store = [e for e in summary if "store_kind" in e]
+    if store:
+        print("\n## The product's StoreIndex (single query, faiss on 1 thread)\n")
+        rows = [
+            [
+                e["shape"],
+                e["n"],
+                e["flat_p50_ms"],
+                e["store_params"],
+                e["store_p50_ms"],
+                e["store_p99_ms"],
+                e["store_speedup"],
+                _r3(e["store_recall"]),
+                None if e["store_match_recall"] is None else f"{e['store_match_recall']:.4f}",
+                e["store_build_s"],
+                e["store_bytes_per_vector"],
+                e["store_raw_ratio"],
+            ]
+            for e in store
+        ]
+        head = ["shape", "n", "Flat p50", "StoreIndex", "p50", "p99", "×Flat", "recall@1"]
+        print(table([*head, "match@1", "build s", "B/vector", "×raw"], rows))
+    for shape, n in payload.get("store_crossover", {}).items():
+        smallest = min((e["n"] for e in store if e["shape"] == shape), default=0)
+        if n is None:
+            text = "not reached at the sizes measured (or IVF-PQ not built)"
+        elif n <= smallest:
+            text = f"already faster at n = {smallest:,} (smallest run)"
+        else:
+            text = f"n ≈ {n:,.0f}"
+        print(f"\nFlat→StoreIndex IVF-PQ crossover ({shape}): {text}")
+
+
 def _ints(text: str) -> list[int]:
     return [int(float(t)) for t in text.split(",") if t.strip()]
 
@@ -854,9 +1032,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--store-sizes",
         type=_ints,
         default=[10_000, 100_000, 1_000_000],
-        help="sizes (128-d) at which to run the product's StoreIndex",
+        help="sizes at which to run the product's StoreIndex",
     )
-    p.add_argument("--indexes", default="flat,ivf,hnsw,store")
+    p.add_argument("--indexes", default="flat,ivf,ivfpq,hnsw,store")
+    p.add_argument(
+        "--pq",
+        type=lambda t: t.split(","),
+        default=["d/2", "d/4"],
+        help="IVF-PQ fast-scan sub-quantizers (4 bits each): numbers or d/2, d/4",
+    )
+    p.add_argument("--rerank", type=int, default=64, help="IVF-PQ candidates re-scored exactly")
+    p.add_argument("--pq-min-nprobe", type=int, default=16, help="where IVF-PQ sweeps start")
+    p.add_argument(
+        "--build-threads", type=int, default=1, help="StoreIndex rebuild threads (IndexPolicy's)"
+    )
     p.add_argument("--queries", type=int, default=1000, help="queries for recall and batches")
     p.add_argument("--latency-queries", type=int, default=200, help="single queries timed")
     p.add_argument("--batch", type=int, default=64)
@@ -892,9 +1081,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip sizes where n·d exceeds this (1M×512 alone takes ~10 min here)",
     )
     p.add_argument(
-        "--calibration-queries", type=int, default=300, help="as IndexPolicy.calibration_queries"
+        "--calibration-queries", type=int, default=300, help="for the cal. noise / LOO columns"
     )
-    p.add_argument("--ivf-threshold", type=int, default=50_000, help="StoreIndex's IndexPolicy")
+    p.add_argument(
+        "--store-calibration-queries",
+        type=int,
+        default=IndexPolicy().calibration_queries,
+        help="StoreIndex's IndexPolicy.calibration_queries",
+    )
+    p.add_argument(
+        "--ivf-threshold",
+        type=int,
+        default=IndexPolicy().ivf_threshold,
+        help="StoreIndex's IndexPolicy (128-d vectors; scaled by 128/d)",
+    )
     p.add_argument("--target-recall", type=float, default=0.99)
     p.add_argument("--stop-recall", type=float, default=0.999, help="end a sweep at this recall")
     p.add_argument("--seed", type=int, default=0)
@@ -945,7 +1145,7 @@ def main(argv: list[str] | None = None) -> None:
                 log("skipped " + msg)
                 skipped_sizes.append(msg)
                 continue
-            store = name == "dlib128" and n in args.store_sizes
+            store = name != "isotropic128" and n in args.store_sizes
             if name == "isotropic128":
                 saved = args.indexes
                 args.indexes = args.indexes & {"flat", "ivf"}
@@ -970,6 +1170,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summary,
         "target_recall": args.target_recall,
         "crossover": {name: crossover(summary, name) for name in shape_names},
+        "store_crossover": {name: crossover(summary, name, "store") for name in shape_names},
         "skipped_sizes": skipped_sizes,
         "wall_s": time.perf_counter() - started,
     }

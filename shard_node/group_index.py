@@ -21,7 +21,7 @@ class GroupIndex:
 
     def __init__(self, dim: int, metric: str, embedder: str, policy: IndexPolicy) -> None:
         # Inside, a vector is its own "face": the owner map says whose it is.
-        self.index = StoreIndex(dim, metric, embedder, policy)
+        self.index = StoreIndex(dim, metric, embedder, policy, count_faces=False)
         self._owner: dict[int, tuple[str, int]] = {}
         self._store_vecs: dict[str, set[int]] = {}
 
@@ -44,10 +44,9 @@ class GroupIndex:
     def replace_store(self, store_id: str, store_index: StoreIndex) -> None:
         """Take a store's index as it now is (after a load or a rebuild from Redis)."""
         self.drop_store(store_id)
-        ids, vectors = store_index.all_vectors()
+        ids, faces, vectors = store_index.all_entries()
         if len(ids):
-            faces = [store_index.face_of(int(v)) for v in ids]
-            self.add(store_id, [int(v) for v in ids], faces, vectors)
+            self.add(store_id, ids.tolist(), faces.tolist(), vectors)
 
     def drop_store(self, store_id: str) -> None:
         self.remove(store_id, set(self._store_vecs.pop(store_id, set())))

@@ -39,7 +39,8 @@ class ShardSettings(BaseSettings):
     # faces the downscale to max_side loses (0: not; bench/frames.py for the cost)
     detect_pixels: int = DETECT_PIXELS
     max_faces: int = 10
-    ivf_threshold: int = 100_000
+    # vectors (at 128-d; scaled by 128/dim) above which a store's index is IVF-PQ, not Flat
+    ivf_threshold: int = 50_000
     # faiss threads per search: parallelism comes from concurrent requests, and OpenMP's
     # thread hand-off costs more than a single query's work (bench/search.py).
     search_threads: int = 1
