@@ -57,6 +57,9 @@ class ShardClient:
         # A busy replica recorded nothing, so even a write may try again; through nginx (one
         # URL) the next try goes to its next replica.
         busy_retries = BUSY_RETRIES if len(attempts) == 1 else 0
+        # Through nginx: a replica that just died can leave it with no live upstream for a
+        # moment (its 502), which it clears at once: one more try, not a failed request.
+        relay_retries = 1 if retry and len(attempts) == 1 else 0
         while attempts:
             url = attempts.pop(0)
             try:
@@ -73,6 +76,9 @@ class ShardClient:
             except (httpx.TransportError, ShardUnavailable) as exc:
                 last = exc
                 log.warning("shard %s%s failed: %s", url, path, exc)
+                if relay_retries and isinstance(exc, ShardUnavailable):
+                    relay_retries -= 1
+                    attempts.append(url)
         if isinstance(last, Overloaded):  # every replica is busy: say so, not "down"
             raise last
         raise ShardUnavailable(f"no replica answered: {last}")
