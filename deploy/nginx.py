@@ -99,7 +99,10 @@ def render(
             proxy_next_upstream error timeout http_502 http_503 http_504;
             proxy_next_upstream_tries 3;
         }}""")
-    gw_servers = "\n".join(f"        server {a} max_fails=1 fail_timeout=5s;" for a in gateways)
+    # max_fails=0: a gateway's 503 (its shard or Redis briefly gone, or overload) is tried
+    # on another gateway, but never marks it down: in a burst that would take every gateway
+    # out of the front door for fail_timeout. A dead gateway refuses at once anyway.
+    gw_servers = "\n".join(f"        server {a} max_fails=0;" for a in gateways)
     # Counters are per process: behind a balancer, scrapes would alternate between gateways
     # (and read as resets), so each gateway has its own path and /metrics says so.
     metric_paths = [f"/metrics/gateway-{i}" for i in range(1, len(gateways) + 1)]
@@ -149,12 +152,9 @@ http {{
             default_type application/json;
             return 413 '{TOO_LARGE}';
         }}
-        # Not on a gateway's 503: that is its store's shard or Redis (which every gateway
-        # shares) or overload; retried, it would also count against the gateway and mark it
-        # down for fail_timeout, taking the front door out in a burst.
         location / {{
             proxy_pass http://gateway;
-            proxy_next_upstream error timeout http_502 http_504;
+            proxy_next_upstream error timeout http_502 http_503 http_504;
             proxy_next_upstream_tries 2;
         }}
         location = /metrics {{
@@ -164,7 +164,7 @@ http {{
 {per_gateway}
         location ~ {FRONT_RETRYABLE} {{
             proxy_pass http://gateway;
-            proxy_next_upstream error timeout http_502 http_504 non_idempotent;
+            proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
             proxy_next_upstream_tries 2;
         }}
     }}
