@@ -39,19 +39,11 @@ from redis.asyncio import Redis
 from bench.common import log, machine_info, table, write_results
 from gateway.analytics import Analytics
 from storeface.facedb import FaceDB
+from tools.browser import chromium
+from tools.browser import missing as browser_missing
 from tools.servers import GatewayNode, RedisServer, ShardNode, free_port
 
 ADMIN = "bench-admin"
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CHUNK = 500
 PARALLEL = 50  # calls in flight at once (the Redis client's pool is bounded)
 
@@ -135,12 +127,9 @@ def age_all(client: redis_lib.Redis, days: float) -> None:
 
 
 def page_loads(url: str, loads: int, screenshot: Path | None) -> list[dict[str, float]]:
-    from playwright.sync_api import sync_playwright
-
     out = []
     errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    with chromium() as browser:
         for i in range(loads + 1):  # the first warms the servers, not the browser's cache
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
             page = context.new_page()
@@ -168,7 +157,6 @@ def page_loads(url: str, loads: int, screenshot: Path | None) -> list[dict[str, 
             else:
                 out.append(t)
             context.close()
-        browser.close()
     return out
 
 
@@ -192,8 +180,8 @@ def main() -> None:
     ap.add_argument("--visitors", type=int, default=100_000)
     ap.add_argument("--screenshot", type=Path, default=None, help="save the page here")
     args = ap.parse_args()
-    if not Path(CHROMIUM).exists():
-        sys.exit(f"{CHROMIUM} is missing: `make browser` (apt-get install chromium) first")
+    if why := browser_missing():
+        sys.exit(why)
 
     work = Path(tempfile.mkdtemp(prefix="storeface-bench-dashboard-"))
     names = stores(args.stores)

@@ -30,6 +30,12 @@ def _require_faces() -> Path:
 
 
 @pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """asyncio for every async test; session-wide so module-scoped async fixtures may use it."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
 def faces() -> Path:
     return _require_faces()
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
+import redis as redis_lib
 import yaml
 from asgi_lifespan import LifespanManager
 
@@ -19,6 +21,7 @@ from gateway.app import create_app as create_gateway
 from gateway.settings import GatewaySettings
 from shard_node.app import create_app as create_shard
 from shard_node.settings import ShardSettings
+from tests.support import RedisServer
 
 ADMIN = "in-process-admin"
 
@@ -113,3 +116,26 @@ async def in_process(
             )
         )
         yield InProcess(client, router, shards)
+
+
+def apps_fixture(name: str, nodes: dict[str, list[str]], **options: Any) -> Any:
+    """A module-scoped `apps` fixture: a flushed Redis, then `in_process(...)` with `options`."""
+
+    @pytest.fixture(scope="module")
+    async def apps(
+        tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
+    ) -> AsyncIterator[InProcess]:
+        redis_lib.Redis(port=redis_server.port).flushall()
+        async with in_process(
+            tmp_path_factory.mktemp(name), redis_server.url, nodes, **options
+        ) as apps:
+            yield apps
+
+    return apps
+
+
+async def recognize(client: httpx.AsyncClient, store: str, image: bytes) -> httpx.Response:
+    """POST a photo to /v1/recognize for `store`."""
+    return await client.post(
+        "/v1/recognize", files={"image": ("f.jpg", image)}, data={"store_id": store}
+    )

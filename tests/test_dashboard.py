@@ -10,7 +10,6 @@ import datetime as dt
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,20 +23,12 @@ from typer.testing import CliRunner
 from gateway.analytics import Analytics
 from storeface.facedb import FaceDB
 from tests.support import ROOT, GatewayNode, RedisServer, ShardNode, free_port
+from tools.browser import chromium
+from tools.browser import missing as browser_missing
 from tools.cli import app as cli
 
 pytestmark = pytest.mark.slow  # starts server processes and a browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = ROOT / ".cache" / "screenshots"
 ADMIN = "dashboard-admin-key"
 CAMERA = "dashboard-camera-key"
@@ -159,19 +150,13 @@ def site(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) ->
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
+    if why := browser_missing():
         pytest.skip(
-            f"BROWSER TESTS SKIPPED: {CHROMIUM} is missing; `make test` installs Debian's "
-            "chromium where it runs as root with apt-get (apt-get install chromium)"
+            f"BROWSER TESTS SKIPPED: {why}; "
+            "`make test` installs Debian's chromium where it runs as root"
         )
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        pytest.skip(f"BROWSER TESTS SKIPPED: the playwright package is missing ({exc}): run make")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 class Page:

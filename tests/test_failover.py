@@ -26,11 +26,6 @@ STORE = "store-a"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def ha(tmp_path: Path) -> Iterator[RedisHA]:
     servers = RedisHA(tmp_path / "redis", down_after_ms=1000).start()
     try:

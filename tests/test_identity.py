@@ -27,11 +27,6 @@ NODES = {"n1": ["store-a", "store-b"], "n2": ["store-c"]}
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def apps(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[InProcess]:
     """A fresh chain for each test: what one test enrolls cannot answer another's."""
     redis_lib.Redis(port=redis_server.port).flushall()

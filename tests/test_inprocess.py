@@ -7,47 +7,27 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis as redis_lib
 
 from tests.conftest import photo
-from tests.inprocess import InProcess, in_process
-from tests.support import RedisServer
+from tests.inprocess import InProcess, apps_fixture, recognize
 
 NODES = {"n1": ["store-a", "store-b"], "n2": ["store-c"]}
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def apps(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
-) -> AsyncIterator[InProcess]:
-    redis_lib.Redis(port=redis_server.port).flushall()
-    async with in_process(tmp_path_factory.mktemp("inprocess"), redis_server.url, NODES) as apps:
-        yield apps
-
-
-async def _recognize(c: httpx.AsyncClient, store: str, image: bytes) -> httpx.Response:
-    return await c.post(
-        "/v1/recognize", files={"image": ("f.jpg", image)}, data={"store_id": store}
-    )
+apps = apps_fixture("inprocess", NODES)
 
 
 @pytest.mark.anyio
 async def test_a_new_visitor_keeps_its_face_id(apps: InProcess, faces: Path) -> None:
-    first = await _recognize(apps.gateway, "store-a", photo(faces, "Juanes", 1))
+    first = await recognize(apps.gateway, "store-a", photo(faces, "Juanes", 1))
     assert first.status_code == 200, first.text
     face = first.json()["faces"][0]
     assert face["is_new"] is True and face["visit"] == "new"
-    again = (await _recognize(apps.gateway, "store-a", photo(faces, "Juanes", 1))).json()
+    again = (await recognize(apps.gateway, "store-a", photo(faces, "Juanes", 1))).json()
     assert again["faces"][0]["face_id"] == face["face_id"]
     assert again["faces"][0]["is_new"] is False
 
@@ -63,7 +43,7 @@ async def test_a_face_enrolled_on_another_group_is_found_there(
         data={"label": person},
     )
     assert r.status_code == 201, r.text
-    found = (await _recognize(apps.gateway, "store-b", photo(faces, person, 1))).json()
+    found = (await recognize(apps.gateway, "store-b", photo(faces, person, 1))).json()
     face = found["faces"][0]
     assert (face["face_id"], face["matched_store"], face["label"]) == (
         r.json()["face_id"],
@@ -82,11 +62,11 @@ async def test_a_group_that_drops_connections_degrades_only_its_stores(
 
     apps.router.routes["n2"] = httpx.MockTransport(refuse)
     try:
-        r = await _recognize(apps.gateway, "store-a", photo(faces, "Mark_Gottfried", 1))
+        r = await recognize(apps.gateway, "store-a", photo(faces, "Mark_Gottfried", 1))
         assert r.status_code == 200, r.text
         assert r.json()["degraded"] == ["store-c"]
         assert r.json()["faces"][0]["is_new"] is True
-        down = await _recognize(apps.gateway, "store-c", photo(faces, "Mark_Gottfried", 1))
+        down = await recognize(apps.gateway, "store-c", photo(faces, "Mark_Gottfried", 1))
         assert down.status_code == 503
         assert down.json()["error"]["code"] == "shard_unavailable"
     finally:
@@ -101,7 +81,7 @@ async def test_bad_uploads_are_clear_4xx_through_both_apps(apps: InProcess) -> N
     assert r.status_code == 415 and r.json()["error"]["code"] == "not_an_image"
     r = await apps.gateway.post("/v1/recognize", files={"image": ("x.jpg", b"\xff\xd8\xff")})
     assert r.status_code == 422 and r.json()["error"]["code"] == "missing_field"
-    r = await _recognize(apps.gateway, "nowhere", b"\xff\xd8\xff")
+    r = await recognize(apps.gateway, "nowhere", b"\xff\xd8\xff")
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_store"
 
 
@@ -152,5 +132,5 @@ async def test_a_killed_pipeline_worker_costs_one_503_not_the_node(
             codes.append(r.json()["error"]["code"])
     assert r.status_code == 200, codes
     assert "pipeline_restarting" in codes, "the kill went unnoticed: no request saw it"
-    assert (await _recognize(apps.gateway, "store-a", image)).status_code == 200
+    assert (await recognize(apps.gateway, "store-a", image)).status_code == 200
     assert not set(workers) & set(_pipeline_workers()), "new workers, not the killed ones"

@@ -14,11 +14,6 @@ from tests.support import RedisServer
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def chain(tmp_path: Path) -> AsyncIterator[tuple[InProcess, RedisServer]]:
     redis = RedisServer(tmp_path / "redis").start()
     try:

@@ -9,11 +9,6 @@ import pytest
 from storeface.tasks import stop_tasks
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_a_task_that_swallows_one_cancel_is_cancelled_again(
     caplog: pytest.LogCaptureFixture,

@@ -4,20 +4,17 @@ match when the person comes back: counted twice), but is still matched when know
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis as redis_lib
 from PIL import Image, ImageFilter
 
 from gateway.recognition import uncountable
 from storeface import wire
 from storeface.stores import StoreConfig
 from tests.conftest import photo
-from tests.inprocess import InProcess, in_process
-from tests.support import RedisServer
+from tests.inprocess import InProcess, apps_fixture, recognize
 
 pytestmark = pytest.mark.slow
 
@@ -28,20 +25,14 @@ STRICT_BLUR = 60.0
 STRICT_YAW = 25.0
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def apps(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
-) -> AsyncIterator[InProcess]:
-    redis_lib.Redis(port=redis_server.port).flushall()
-    work = tmp_path_factory.mktemp("quality")
-    options = {"store-b": {"min_face_blur": STRICT_BLUR}, "store-c": {"max_face_yaw": STRICT_YAW}}
-    async with in_process(work, redis_server.url, NODES, store_options=options) as apps:
-        yield apps
+apps = apps_fixture(
+    "quality",
+    NODES,
+    store_options={
+        "store-b": {"min_face_blur": STRICT_BLUR},
+        "store-c": {"max_face_yaw": STRICT_YAW},
+    },
+)
 
 
 def _blurred(data: bytes, radius: float) -> bytes:
@@ -51,7 +42,7 @@ def _blurred(data: bytes, radius: float) -> bytes:
 
 
 async def _recognize(c: httpx.AsyncClient, store: str, image: bytes) -> dict:
-    r = await c.post("/v1/recognize", files={"image": ("f.jpg", image)}, data={"store_id": store})
+    r = await recognize(c, store, image)
     assert r.status_code == 200, r.text
     return r.json()["faces"][0]
 
