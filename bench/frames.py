@@ -43,6 +43,11 @@ import numpy as np  # noqa: E402
 
 from bench.common import log, machine_info, summarize_ms, table, write_results  # noqa: E402
 from bench.pipeline import FACE_SHARE, _feather  # noqa: E402
+from shard_node.faces.pool import analyze_bytes  # noqa: E402
+from shard_node.faces.registry import make_pipeline  # noqa: E402
+from storeface.images import ImageLimits, decode_image  # noqa: E402
+from storeface.paths import faces_dir  # noqa: E402
+from tools.dataset import list_photos  # noqa: E402
 
 EMBEDDERS = ("dlib", "arcface")
 SIZE_BUCKETS = (40, 60, 80, 100, 121)  # recall by face width: 40–59, 60–79, 80–99, 100–120
@@ -177,8 +182,6 @@ def analyze_before(
     pipeline: Any, data: bytes, max_faces: int
 ) -> tuple[list[tuple[int, int, int, int]], list[np.ndarray], dict[str, float]]:
     """The code before the detail pass: detect and embed on the downscaled frame only."""
-    from storeface.images import ImageLimits, decode_image
-
     t0 = time.perf_counter()
     image = decode_image(data, ImageLimits(detect_pixels=0))
     t1 = time.perf_counter()
@@ -199,9 +202,6 @@ def analyze_before(
 def analyze_after(
     pipeline: Any, data: bytes, max_faces: int, detect_pixels: int | None
 ) -> tuple[list[tuple[int, int, int, int]], list[np.ndarray], dict[str, float]]:
-    from shard_node.faces.pool import analyze_bytes
-    from storeface.images import ImageLimits
-
     limits = ImageLimits() if detect_pixels is None else ImageLimits(detect_pixels=detect_pixels)
     a = analyze_bytes(pipeline, data, limits, max_faces)
     return [f.box for f in a.faces], [f.embedding for f in a.faces], a.timings
@@ -275,8 +275,6 @@ def summarize(results: list[Result], frames: list[Frame], threshold: float) -> d
 def bench_embedder(
     name: str, sets: dict[str, list[Frame]], modes: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
-    from shard_node.faces.registry import make_pipeline
-
     try:
         pipeline = make_pipeline(name)
     except Exception as exc:
@@ -380,7 +378,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="2 frames a size")
     p.add_argument("--embedders", default=",".join(EMBEDDERS))
     p.add_argument("--sizes", type=_sizes, default=_sizes("1280x720,3840x2160,6000x4000"))
-    p.add_argument("--frames", type=int, default=5, help="frames per size")
+    p.add_argument("--frames", type=int, default=8, help="frames per size")
     p.add_argument("--faces", type=int, default=6, help="faces per frame (3 in 1280×720)")
     p.add_argument("--face-min", type=int, default=40)
     p.add_argument("--face-max", type=int, default=120)
@@ -402,10 +400,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from storeface.images import ImageLimits
-    from storeface.paths import faces_dir
-    from tools.dataset import list_photos
-
     args = parse_args(argv)
     cv2.setNumThreads(1)
     started = time.perf_counter()

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stores", default="16,64,256,1024")
     parser.add_argument("--faces", default="10,100,1000")
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args(argv)
     faiss.omp_set_num_threads(1)
     results = [

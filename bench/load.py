@@ -73,11 +73,13 @@ import httpx
 import numpy as np
 
 from bench.common import log, machine_info, percentiles, table, write_results
+from shard_node.faces.pool import analyze_bytes
+from shard_node.faces.registry import make_pipeline
+from storeface.images import ImageLimits
 from storeface.paths import faces_dir
 from tools.dataset import list_photos
-from tools.servers import LocalCluster, free_port
+from tools.servers import LocalCluster, Process, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 STORE = "store-a"
 REPLICAS = 2
 DEFAULT_LEVELS = "1,2,4,16"
@@ -139,9 +141,8 @@ def _cpu_init(embedder: str) -> None:
     """Set up like shard_node.faces.pool's workers: one thread, the store's pipeline."""
     global _pipeline
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # here, not at the top: OpenCV must load after OMP_NUM_THREADS is set, as in the pool
     import cv2
-
-    from shard_node.faces.registry import make_pipeline
 
     cv2.setNumThreads(1)
     _pipeline = make_pipeline(embedder, {})
@@ -152,9 +153,6 @@ def _cpu_measure(
 ) -> tuple[list[dict[str, float]], tuple[float, ...], tuple[float, ...]]:
     """Each photo once through analyze_bytes: CPU and wall ms; and (time, machine busy,
     machine total) when the loop began and ended."""
-    from shard_node.faces.pool import analyze_bytes
-    from storeface.images import ImageLimits
-
     limits = ImageLimits()
     for data in photos[:5]:  # lazy initialisation, first-touch allocations: not measured
         analyze_bytes(_pipeline, data, limits, 10)
@@ -587,16 +585,24 @@ def stage_shares(level: Level, seed: bool = False) -> dict[str, float]:
 # --- the systems under test ------------------------------------------------------------------
 
 
-def wait_for(check: Any, timeout: float, what: str, alive: Any = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if alive is not None and not alive():
-            raise RuntimeError(f"{what}: the process exited")
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out waiting for {what}")
+class SeedServer(Process):
+    """bench/seed_server.py on a free port, in its own session, output to seed.log."""
+
+    def __init__(self, work: Path) -> None:
+        self.port = free_port()
+        argv = [sys.executable, "-m", "bench.seed_server", "--port", str(self.port)]
+        super().__init__(argv, work / "seed.log")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> SeedServer:
+        super().start()
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        self._wait_http(f"{self.url}/healthz", timeout, "the seed server")
 
 
 def stop_tree(proc: subprocess.Popen[bytes], sig: int, meter: CpuMeter, ports: list[int]) -> int:
@@ -664,31 +670,17 @@ def cluster(embedder: str, work: Path) -> Iterator[tuple[str, str, CpuMeter, dic
 
 @contextlib.contextmanager
 def seed_server(work: Path) -> Iterator[tuple[str, CpuMeter]]:
-    port = free_port()
-    with open(work / "seed.log", "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.seed_server", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-    meter = CpuMeter([proc.pid])
-    url = f"http://127.0.0.1:{port}"
+    server = SeedServer(work).start()
+    assert server.proc is not None
+    meter = CpuMeter([server.pid])
     try:
-        wait_for(
-            lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200,
-            120,
-            "the seed server",
-            alive=lambda: proc.poll() is None,
-        )
-        yield url, meter
+        server.wait_ready()
+        yield server.url, meter
     except BaseException:
-        tail = (work / "seed.log").read_text(errors="replace").splitlines()[-30:]
-        log("seed server log tail:\n" + "\n".join(tail))
+        log("seed server log tail:\n" + server.tail(30))
         raise
     finally:
-        stop_tree(proc, signal.SIGTERM, meter, [port])
+        stop_tree(server.proc, signal.SIGTERM, meter, [server.port])
 
 
 def enroll(

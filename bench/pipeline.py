@@ -32,6 +32,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import log, machine_info, summarize_ms, table, write_results  # noqa: E402
+from shard_node.faces.pool import analyze_bytes  # noqa: E402
+from shard_node.faces.registry import make_pipeline  # noqa: E402
+from storeface.images import ImageLimits  # noqa: E402
+from storeface.paths import faces_dir  # noqa: E402
+from tools.dataset import list_photos  # noqa: E402
 
 # In LFW's deep-funneled 250×250 photos the face sits in the centre. Measured on every third
 # lfw_dev photo: dlib's HOG box is 109 px (median), YuNet's 92×122 px. A pasted photo of side
@@ -161,9 +166,6 @@ def match_faces(
 
 
 def run_set(pipeline: Any, items: list[Frame], warmup: int) -> list[Sample]:
-    from shard_node.faces.pool import analyze_bytes
-    from storeface.images import ImageLimits
-
     limits = ImageLimits()
     for item in items[:warmup]:
         analyze_bytes(pipeline, item.data, limits, max_faces=10)
@@ -234,8 +236,6 @@ def summarize_set(samples: list[Sample], camera: bool, edges: list[int]) -> dict
 def bench_variant(
     name: str, sets: dict[str, list[Frame]], args: argparse.Namespace
 ) -> dict[str, Any]:
-    from shard_node.faces.registry import make_pipeline
-
     embedder, options = VARIANTS[name]
     t0 = time.perf_counter()
     try:
@@ -383,9 +383,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from storeface.paths import faces_dir
-    from tools.dataset import list_photos
-
     args = parse_args(argv)
     cv2.setNumThreads(1)
     started = time.perf_counter()

@@ -28,6 +28,7 @@ import gc
 import itertools
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,7 +46,10 @@ from bench.common import (
     time_each,
     write_results,
 )
-from shard_node.index import IndexPolicy
+from shard_node.faces.registry import embedder_info
+from shard_node.index import NPROBE_STEPS, IndexPolicy, StoreIndex, _nlist_for
+from storeface.paths import faces_dir
+from tools.dataset import embed_folder
 
 # ArcFace-class statistics (../shared/models/README.md, measured on lfw_dev).
 ARCFACE_SAME_COS = 0.62
@@ -149,9 +153,6 @@ def _calibrate_alpha(shape: Shape) -> tuple[float, float, float]:
 def dlib_reference() -> dict[str, Any] | None:
     """Real dlib embeddings of lfw_distractors (spectrum) and lfw_dev (same/diff distances)."""
     try:
-        from storeface.paths import faces_dir
-        from tools.dataset import embed_folder
-
         log("loading real dlib embeddings (cached in .cache/embeddings after the first time)")
         distractors = embed_folder(faces_dir() / "lfw_distractors")
         dev = embed_folder(faces_dir() / "lfw_dev")
@@ -416,8 +417,6 @@ def run_flat(ds: Dataset, shape: Shape, args: argparse.Namespace) -> tuple[dict[
 
 def default_nlists(n: int) -> list[int]:
     """√n and the product's 4·√n (shard_node.index._nlist_for)."""
-    from shard_node.index import _nlist_for
-
     return sorted({max(16, int(math.sqrt(n))), _nlist_for(n)})
 
 
@@ -499,8 +498,6 @@ def run_hnsw(ds: Dataset, truth: Truth, args: argparse.Namespace) -> list[dict[s
 
 def run_ivfpq(ds: Dataset, truth: Truth, m: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     """IVF (√n lists) over 4-bit PQ fast-scan codes, top `--rerank` re-scored from raw vectors."""
-    from shard_node.index import NPROBE_STEPS, _nlist_for
-
     n, d = ds.x.shape
     nlist = _nlist_for(n)
     index: Any = faiss.index_factory(d, f"IVF{nlist},PQ{m}x4fs", faiss.METRIC_L2)
@@ -562,8 +559,6 @@ def run_store_index(
     ds: Dataset, truth: Truth, shape: Shape, args: argparse.Namespace
 ) -> dict[str, Any]:
     """The product's own index, as a shard node builds it (add, then rebuild when told to)."""
-    from shard_node.index import IndexPolicy, StoreIndex
-
     n, d = ds.x.shape
     policy = IndexPolicy(
         ivf_threshold=args.ivf_threshold,
@@ -637,8 +632,6 @@ def _store_threshold(shape: Shape) -> float | None:
     if name is None:
         return None
     try:
-        from shard_node.faces.registry import embedder_info
-
         return float(embedder_info(name).threshold)
     except Exception:
         return None
@@ -1116,8 +1109,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     started = time.perf_counter()

@@ -76,6 +76,40 @@ return out
 """
 
 
+_MERGE = """
+-- KEYS: face:{keep}, face:{gone}, face:{keep}:visited, face:{gone}:visited
+-- ARGV: keep, gone, ended ('1': after the face merge, so `gone` must have ended; '0':
+-- before it, so both must exist and not hold two different members)
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[3] == '1' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+else
+  if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+  local km = redis.call('HGET', KEYS[1], 'member_id') or ''
+  local gm = redis.call('HGET', KEYS[2], 'member_id') or ''
+  if km ~= '' and gm ~= '' and km ~= gm then return 0 end
+end
+local moved = 0
+for _, sid in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  local first = 'store:' .. sid .. ':first_seen'
+  local mine = redis.call('HGET', first, ARGV[1])
+  local theirs = redis.call('HGET', first, ARGV[2])
+  if theirs and (not mine or tonumber(theirs) < tonumber(mine)) then
+    redis.call('HSET', first, ARGV[1], theirs)
+  end
+  redis.call('HDEL', first, ARGV[2])
+  redis.call('SADD', KEYS[3], sid)
+  local seen = 'seen:' .. sid .. ':' .. ARGV[2]
+  local ttl = redis.call('PTTL', seen)
+  if ttl > 0 then redis.call('SET', 'seen:' .. sid .. ':' .. ARGV[1], '1', 'PX', ttl, 'NX') end
+  redis.call('DEL', seen)
+  moved = moved + 1
+end
+redis.call('DEL', KEYS[4])
+return moved
+"""
+
+
 def day_of(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
 
@@ -89,6 +123,7 @@ class Analytics:
         self._record = redis.register_script(_RECORD)
         self._drop_visits = redis.register_script(_DROP_VISITS)
         self._forget = redis.register_script(_FORGET)
+        self._merge = redis.register_script(_MERGE)
 
     async def record(
         self, store_id: str, face_id: int, is_member: bool, now: float | None = None
@@ -229,25 +264,14 @@ class Analytics:
             for _, f in rows
         ]
 
-    async def merge_faces(self, keep: int, gone: int) -> None:
-        """One person's visit history under one FaceId: the earlier first sighting per store
-        wins, and a visit inside the dedupe window of either counts as seen.
+    async def merge_faces(self, keep: int, gone: int, ended: bool = False) -> int:
+        """One person's visit history under one FaceId, in one script: per store, the earlier
+        first sighting wins and a visit inside the dedupe window of either counts as seen;
+        answers the stores moved. Before the face merge (`ended` False) it runs only while
+        both FaceIds exist and are not bound to two members (what the face merge checks),
+        after it (`ended`) only once `gone` has ended; a re-run moves nothing twice.
 
         Recent visit events keep the FaceId they were recorded under; daily UV counted both
         (HyperLogLogs cannot be corrected)."""
-        stores = [
-            s.decode() if isinstance(s, bytes) else s
-            for s in await self.redis.smembers(f"face:{gone}:visited")
-        ]
-        for sid in stores:
-            key = f"store:{sid}:first_seen"
-            mine, theirs = await self.redis.hmget(key, [keep, gone])
-            if theirs is not None and (mine is None or float(theirs) < float(mine)):
-                await self.redis.hset(key, keep, theirs)
-            await self.redis.hdel(key, gone)
-            await self.redis.sadd(f"face:{keep}:visited", sid)
-            ttl = await self.redis.ttl(f"seen:{sid}:{gone}")
-            if ttl > 0:
-                await self.redis.set(f"seen:{sid}:{keep}", "1", ex=ttl, nx=True)
-            await self.redis.delete(f"seen:{sid}:{gone}")
-        await self.redis.delete(f"face:{gone}:visited")
+        keys = [f"face:{keep}", f"face:{gone}", f"face:{keep}:visited", f"face:{gone}:visited"]
+        return int(await self._merge(keys=keys, args=[keep, gone, "1" if ended else "0"]))

@@ -156,7 +156,13 @@ async def enroll(
     ] = False,
     new_person: Annotated[bool, Form(description="409 if the face is already known")] = False,
     force: Annotated[bool, Form(description="file under face_id even if far from it")] = False,
-    everywhere: Annotated[bool, Form(description="also look in the fallback stores")] = False,
+    everywhere: Annotated[
+        bool,
+        Form(
+            description="look for the face in every store of the chain that runs the same "
+            "embedder, whatever the fallback policy (default: this store only)"
+        ),
+    ] = False,
     move_member: Annotated[bool, Form(description="take member_id from its FaceId")] = False,
 ) -> Response:
     """Enroll a photo's one face into a store: 201 with a new FaceId, or 200 with the FaceId

@@ -113,6 +113,9 @@ class _CountersCollector(Collector):
         yield CounterMetricFamily(
             "storeface_registrations", "new visitor FaceIds", value=c.registrations
         )
+        yield CounterMetricFamily(
+            "storeface_learned_views", "views recognitions added to a FaceId", value=c.learned_views
+        )
         degraded = CounterMetricFamily(
             "storeface_degraded", "fan-outs a store missed", labels=["store"]
         )

@@ -26,9 +26,11 @@ from storeface import wire
 from storeface.distances import distances
 from storeface.errors import NoFace, StorefaceError
 from storeface.facedb import FaceDB, FaceRecord
+from storeface.matching import rule_of
 from storeface.stores import StoreConfig
 
 log = logging.getLogger("gateway.recognition")
+CAPPED_KEPT = 100_000
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Counters:
 
     fallbacks: int = 0
     registrations: int = 0
+    learned_views: int = 0  # embeddings a confident recognition added to its FaceId
     degraded: dict[str, int] = field(default_factory=dict)
 
 
@@ -50,6 +53,9 @@ class Gateway:
     analytics: Analytics
     fanout_deadline_s: float
     counters: Counters = field(default_factory=Counters)
+    # FaceIds their store said hold max_per_face views: a FaceId never loses one, so no
+    # need to ask again (cleared when it grows past CAPPED_KEPT).
+    capped: set[tuple[str, int]] = field(default_factory=set)  # (store, FaceId) full
     observe: Callable[[dict[str, float]], None] = lambda timings: None
 
 
@@ -61,6 +67,22 @@ class _Candidate:
     label: str
 
 
+@dataclass
+class FanOut:
+    """What the other stores answered: best first per embedding, who did not answer, and how
+    many faces the answering stores hold (a search over more faces needs a stricter
+    threshold: storeface/matching.py)."""
+
+    rows: list[list[_Candidate]]
+    degraded: list[str]
+    faces: int = 0
+
+    def threshold(self, ident: wire.IdentifyResponse) -> float:
+        """The home's rule over the home's faces and these."""
+        rule = rule_of(ident.base_threshold or ident.threshold, ident.threshold_per_decade)
+        return rule.threshold(ident.gallery_faces + self.faces)
+
+
 async def fan_out(
     gw: Gateway,
     home: StoreConfig,
@@ -68,7 +90,7 @@ async def fan_out(
     top_k: int,
     stores: list[StoreConfig] | None = None,
     embedder: str = "",
-) -> tuple[list[list[_Candidate]], list[str]]:
+) -> FanOut:
     """Search other stores (the home's fallback stores unless given) under one deadline: one
     call per node group, concurrently.
 
@@ -77,7 +99,7 @@ async def fan_out(
     targets = gw.stores.by_group(gw.stores.fallback_targets(home) if stores is None else stores)
     merged: list[list[_Candidate]] = [[] for _ in embeddings]
     if not targets or not embeddings:
-        return merged, []
+        return FanOut(merged, [])
     deadline = gw.fanout_deadline_s
     tasks = {
         asyncio.create_task(
@@ -91,6 +113,7 @@ async def fan_out(
     for t in pending:
         t.cancel()
     degraded = [sid for t in pending for sid in tasks[t]]
+    faces = 0
     for t in done:
         if t.exception() is not None:
             degraded += tasks[t]
@@ -102,13 +125,14 @@ async def fan_out(
             log.warning("fan-out: %s run %s, not %s", ", ".join(tasks[t]), found.embedder, embedder)
             continue
         degraded += found.missing
+        faces += found.gallery_faces
         for row, matches in zip(merged, found.results, strict=True):
             row += [_Candidate(m.face_id, m.store_id, m.distance, m.label) for m in matches]
     for row in merged:
         row.sort(key=lambda c: c.distance)
     for sid in degraded:
         gw.counters.degraded[sid] = gw.counters.degraded.get(sid, 0) + 1
-    return merged, sorted(degraded)
+    return FanOut(merged, sorted(degraded), faces)
 
 
 @dataclass
@@ -120,6 +144,7 @@ class _Visit:
     ident: wire.IdentifyResponse
     threshold: float
     best: list[_Candidate | None] = field(default_factory=list)  # per face, once found
+    runner_up: list[float | None] = field(default_factory=list)  # next FaceId at home, per face
     records: dict[int, FaceRecord] = field(default_factory=dict)
     degraded: list[str] = field(default_factory=list)
 
@@ -166,12 +191,15 @@ async def _identify_at_home(gw: Gateway, store_id: str, image: bytes) -> _Visit:
     """Every face of the image with its best match at home, if under the threshold."""
     home = gw.stores.route(store_id)
     home_urls = gw.stores.urls(home)
-    ident = await gw.shards.identify(home_urls, home.id, image, top_k=1)
-    v = _Visit(home, home_urls, ident, home.threshold or ident.threshold)
+    # Two: learning a view needs the margin to the next FaceId.
+    top_k = 2 if home.learn_views is not None else 1
+    ident = await gw.shards.identify(home_urls, home.id, image, top_k=top_k)
+    v = _Visit(home, home_urls, ident, ident.threshold)  # the shard's: for the store's size
     for face in ident.faces:
         m = face.matches[0] if face.matches else None
         hit = m is not None and m.distance <= v.threshold
         v.best.append(_Candidate(m.face_id, home.id, m.distance, m.label) if m and hit else None)
+        v.runner_up.append(face.matches[1].distance if len(face.matches) > 1 else None)
     return v
 
 
@@ -182,9 +210,11 @@ async def _search_elsewhere(gw: Gateway, v: _Visit) -> None:
         return
     gw.counters.fallbacks += 1
     embeddings = [v.ident.faces[i].embedding for i in unknown]
-    rows, v.degraded = await fan_out(gw, v.home, embeddings, 1, embedder=v.ident.embedder)
-    for i, row in zip(unknown, rows, strict=True):
-        if row and row[0].distance <= v.threshold:
+    found = await fan_out(gw, v.home, embeddings, 1, embedder=v.ident.embedder)
+    v.degraded = found.degraded
+    limit = found.threshold(v.ident)
+    for i, row in zip(unknown, found.rows, strict=True):
+        if row and row[0].distance <= limit:
             v.best[i] = row[0]
 
 
@@ -193,12 +223,14 @@ async def _face_ids(gw: Gateway, v: _Visit) -> list[RecognizedFace]:
     registered as new visitors, unless too poor to count (`uncountable`)."""
     v.records = await gw.db.get_faces([b.face_id for b in v.best if b is not None])
     results: list[RecognizedFace] = []
-    for face, cand in zip(v.ident.faces, v.best, strict=True):
+    for face, cand, runner_up in zip(v.ident.faces, v.best, v.runner_up, strict=True):
         if cand is not None and cand.face_id not in v.records:
             cand = None  # erased since the index last heard: treat as unknown
         if cand is not None:
             if cand.store_id != v.home.id and v.home.learn_cross_store:
                 await _learn(gw, v.home, v.home_urls, face, cand.face_id)
+            elif cand.store_id == v.home.id:
+                await _learn_view(gw, v, face, cand, runner_up)
             results.append(_answer(face, cand, v.records[cand.face_id], False, cand.store_id))
         elif (why := uncountable(v.home, face.quality)) is not None:
             results.append(
@@ -214,6 +246,11 @@ def uncountable(store: StoreConfig, q: wire.Quality) -> str | None:
     match when the same person comes back, so registering it would count them twice."""
     if not store.auto_register:
         return "not_registering"
+    return too_poor(store, q)
+
+
+def too_poor(store: StoreConfig, q: wire.Quality) -> str | None:
+    """Why a face is too poor to register or to learn from, or None."""
     if q.size < store.min_face_size:
         return "too_small"
     if q.blur < store.min_face_blur:
@@ -278,6 +315,41 @@ async def _learn(
         log.warning("could not learn face %s at home: %s", face_id, exc.message)
 
 
+async def _learn_view(
+    gw: Gateway, v: _Visit, face: wire.ShardFace, cand: _Candidate, runner_up: float | None
+) -> None:
+    """A confident, unambiguous home match of a good face adds its embedding to the FaceId
+    as one more view (docs/benchmarks.md, "More than one view per FaceId"); the shard
+    enforces the cap and novelty again under its lock, and refuses an erased FaceId."""
+    lv = v.home.learn_views
+    if lv is None or lv.max_per_face < 2 or (v.home.id, cand.face_id) in gw.capped:
+        return
+    t = v.threshold
+    if not lv.novel * t < cand.distance <= lv.confident * t:
+        return
+    if runner_up is not None and runner_up - cand.distance < lv.margin * t:
+        return
+    if too_poor(v.home, face.quality) is not None:
+        return
+    req = wire.EnrollEmbeddingRequest(
+        embedding=face.embedding,
+        face_id=cand.face_id,
+        max_vectors=lv.max_per_face,
+        min_distance=lv.novel * t,
+    )
+    try:
+        done = await gw.shards.enroll_embedding(v.home_urls, v.home.id, req)
+    except StorefaceError as exc:  # learning is an optimisation; the answer stands
+        log.warning("could not learn a view of face %s: %s", cand.face_id, exc.message)
+        return
+    if done.skipped == "capped":
+        if len(gw.capped) >= CAPPED_KEPT:
+            gw.capped.clear()
+        gw.capped.add((v.home.id, cand.face_id))
+    elif done.vec_id:
+        gw.counters.learned_views += 1
+
+
 def _answer(
     face: wire.ShardFace,
     cand: _Candidate | None,
@@ -308,11 +380,20 @@ async def search(
         for f in ident.faces
     ]
     degraded: list[str] = []
+    threshold = ident.threshold
     if everywhere and ident.faces:
-        others, degraded = await fan_out(
-            gw, home, [f.embedding for f in ident.faces], top_k, embedder=ident.embedder
+        others = await fan_out(
+            gw,
+            home,
+            [f.embedding for f in ident.faces],
+            top_k,
+            stores=gw.stores.config.compatible(home),
+            embedder=ident.embedder,
         )
-        rows = [sorted(a + b, key=lambda c: c.distance) for a, b in zip(rows, others, strict=True)]
+        degraded, threshold = others.degraded, others.threshold(ident)
+        rows = [
+            sorted(a + b, key=lambda c: c.distance) for a, b in zip(rows, others.rows, strict=True)
+        ]
     live = await gw.db.get_faces(list({c.face_id for row in rows for c in row}))
     faces = []
     for f, row in zip(ident.faces, rows, strict=True):
@@ -332,7 +413,7 @@ async def search(
         faces.append(SearchFace(box=f.box, quality=f.quality, matches=matches[:top_k]))
     return SearchResponse(
         store_id=home.id,
-        threshold=home.threshold or ident.threshold,
+        threshold=threshold,
         faces=faces,
         degraded=degraded,
     )
@@ -351,7 +432,7 @@ async def verify(gw: Gateway, store_id: str, a: bytes, b: bytes) -> VerifyRespon
     ea = np.asarray([ia.faces[0].embedding], np.float32)
     eb = np.asarray([ib.faces[0].embedding], np.float32)
     dist = float(distances(ea, eb, ia.metric)[0, 0])
-    threshold = store.threshold or ia.threshold
+    threshold = ia.base_threshold or ia.threshold  # 1:1: no gallery, so not the size's
     return VerifyResponse(
         same=dist <= threshold, distance=round(dist, 6), threshold=threshold, embedder=ia.embedder
     )

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from storeface.embedders import may_match
 from storeface.errors import UnknownStore
 from storeface.stores import NodeGroup, StoreConfig, WatchedStoresFile
 
@@ -112,11 +111,8 @@ class StoreMap(WatchedStoresFile):
 
     def fallback_targets(self, home: StoreConfig) -> list[StoreConfig]:
         """The other stores a face unknown at home is searched in, per the home's policy."""
-        others = [
-            s
-            for s in self.config.stores
-            if s.id != home.id and may_match(s.embedder, home.embedder)
-        ]  # never mix embedders (fan_out drops a group that runs another one)
+        # never mix embedders (fan_out drops a group that runs another one)
+        others = self.config.compatible(home)
         if home.fallback == "none":
             return []
         if home.fallback == "region":

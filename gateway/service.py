@@ -16,7 +16,7 @@ from gateway.models import (
 )
 from gateway.recognition import Gateway, _Candidate, fan_out
 from storeface import wire
-from storeface.embedders import may_match
+from storeface.embedders import configured_model
 from storeface.errors import AlreadyEnrolled, FaceNotFound, InvalidRequest, MemberTaken, NoFace
 from storeface.stores import StoreConfig
 
@@ -31,36 +31,42 @@ class Enrollment:
     member_id: str = ""
     face_id: int | None = None
     largest: bool = False
-    new_person: bool = False  # refuse (409) a face the chain already knows
+    new_person: bool = False  # refuse (409) a face the store (or chain) already knows
     force: bool = False  # file under `face_id` even if the photo looks like someone else
-    everywhere: bool = False  # look for the face in the store's fallback stores too
+    everywhere: bool = False  # look for the face in the whole chain, not this store only
     move_member: bool = False  # take `member_id` from the FaceId holding it
 
 
 async def enroll(gw: Gateway, store_id: str, image: bytes, req: Enrollment) -> wire.EnrollResponse:
-    """Enroll a photo's one face: a face already known (here, or with `everywhere` in the
-    fallback stores) keeps its FaceId; a member id is bound to one FaceId only."""
+    """Enroll a photo's one face: a face already known (in this store, or with `everywhere`
+    in any store of the chain that runs the same embedder) keeps its FaceId, and a face
+    found in another store is filed here under it; a member id is bound to one FaceId only,
+    and a known face that was unlabelled takes the label."""
     store = gw.stores.route(store_id)
+    holder = None
     if req.member_id and not req.move_member:
         holder = await gw.db.member_face(req.member_id)
-        if holder is not None and holder != req.face_id:
-            raise MemberTaken(
-                f"member {req.member_id} is bound to FaceId {holder}; send move_member=true",
-                member_id=req.member_id,
-                face_id=holder,
+    face_id, force, known = req.face_id, req.force, None
+    if face_id is None and (req.everywhere or holder is not None):
+        known = await _known_face(gw, store, image, chain=req.everywhere)
+    elsewhere = known if known is not None and known.store_id != store.id else None
+    if elsewhere is not None:
+        if req.new_person:
+            raise AlreadyEnrolled(
+                f"this face is FaceId {elsewhere.face_id} in {elsewhere.store_id} "
+                f"(distance {elsewhere.distance:.3f})",
+                face_id=elsewhere.face_id,
+                distance=elsewhere.distance,
+                store_id=elsewhere.store_id,
             )
-    face_id, force, elsewhere = req.face_id, req.force, None
-    if req.everywhere and face_id is None:
-        elsewhere = await _known_elsewhere(gw, store, image)
-        if elsewhere is not None:
-            if req.new_person:
-                raise AlreadyEnrolled(
-                    f"this face is FaceId {elsewhere.face_id} in {elsewhere.store_id}",
-                    face_id=elsewhere.face_id,
-                    distance=elsewhere.distance,
-                    store_id=elsewhere.store_id,
-                )
-            face_id, force = elsewhere.face_id, True  # its distance was just measured
+        face_id, force = elsewhere.face_id, True  # its distance was just measured
+    whose = face_id if face_id is not None else known.face_id if known else None
+    if holder is not None and holder != whose:
+        raise MemberTaken(
+            f"member {req.member_id} is bound to FaceId {holder}; send move_member=true",
+            member_id=req.member_id,
+            face_id=holder,
+        )
     form = {
         "label": req.label,
         "largest": str(req.largest).lower(),
@@ -71,32 +77,46 @@ async def enroll(gw: Gateway, store_id: str, image: bytes, req: Enrollment) -> w
     if face_id is not None:
         form["face_id"] = str(face_id)
     done = await gw.shards.enroll_image(gw.stores.urls(store), store.id, image, form)
-    if elsewhere is not None:
+    if elsewhere is not None and done.face_id == elsewhere.face_id:
         done = done.model_copy(
             update={"distance": elsewhere.distance, "matched_store": elsewhere.store_id}
         )
     elif not done.created and done.distance is not None:
         done = done.model_copy(update={"matched_store": store.id})
+    if not done.created and req.label:
+        await gw.db.label_if_unlabelled(done.face_id, req.label)
     if req.member_id:
         moved = await gw.db.bind_member(done.face_id, req.member_id, {}, move=req.move_member)
         done = done.model_copy(update={"member_moved_from": moved})
     return done
 
 
-async def _known_elsewhere(gw: Gateway, store: StoreConfig, image: bytes) -> _Candidate | None:
-    """The photo's largest face, if the store's fallback stores know it (and home does not)."""
+async def _known_face(
+    gw: Gateway, store: StoreConfig, image: bytes, chain: bool
+) -> _Candidate | None:
+    """The live FaceId of the photo's largest face under the store's threshold: at home,
+    else (with `chain`) in every other store that runs the same embedder, whatever the
+    store's fallback policy: one call per node group, as recognition's fan-out."""
     ident = await gw.shards.identify(gw.stores.urls(store), store.id, image, top_k=1)
     if not ident.faces:
         return None  # the enrollment itself says why (no_face)
-    threshold = store.threshold or ident.threshold
     face = ident.faces[0]
-    if face.matches and face.matches[0].distance <= threshold:
-        return None  # known at home: the shard itself answers with that FaceId
-    rows, _ = await fan_out(gw, store, [face.embedding], 1)
-    best = rows[0][0] if rows[0] else None
-    if best is None or best.distance > threshold:
-        return None
-    return best if await gw.db.get_face(best.face_id) is not None else None
+    best = None
+    if face.matches and face.matches[0].distance <= ident.threshold:
+        m = face.matches[0]
+        best = _Candidate(m.face_id, store.id, m.distance, m.label)
+    elif chain:
+        found = await fan_out(
+            gw,
+            store,
+            [face.embedding],
+            1,
+            stores=gw.stores.config.compatible(store),
+            embedder=ident.embedder,
+        )
+        row = found.rows[0]
+        best = row[0] if row and row[0].distance <= found.threshold(ident) else None
+    return best if best is not None and await gw.db.get_face(best.face_id) else None
 
 
 async def erase(
@@ -133,19 +153,17 @@ async def erase_by_photo(
         ident = await gw.shards.identify(gw.stores.urls(home), home.id, image, ERASE_TOP_K)
         if not ident.faces:
             raise NoFace("no face in the photo: nothing to look for")
-        limit = max_distance or round(ERASE_STRICTNESS * (home.threshold or ident.threshold), 6)
+        # strict, but not tightened for the store's size: erase must find every FaceId
+        base = ident.base_threshold or ident.threshold
+        limit = max_distance or round(ERASE_STRICTNESS * base, 6)
         face = ident.faces[0]
-        same = [
-            s
-            for s in gw.stores.config.stores
-            if s.id != home.id and may_match(s.embedder, home.embedder)
-        ]
-        rows, missed = await fan_out(
+        same = gw.stores.config.compatible(home)
+        others = await fan_out(
             gw, home, [face.embedding], ERASE_TOP_K, stores=same, embedder=ident.embedder
         )
-        degraded += missed
+        degraded += others.degraded
         hits = [(m.face_id, m.distance) for m in face.matches]
-        hits += [(c.face_id, c.distance) for c in rows[0]]
+        hits += [(c.face_id, c.distance) for c in others.rows[0]]
         for fid, dist in hits:
             if dist <= limit:
                 found[fid] = min(dist, found.get(fid, dist))
@@ -162,19 +180,25 @@ async def erase_by_photo(
 
 
 def _one_store_per_embedder(gw: Gateway) -> list[StoreConfig]:
+    """A home for each embedder, and for each arcface recognizer the file names."""
     first: dict[str, StoreConfig] = {}
     for s in gw.stores.config.stores:
-        first.setdefault(s.embedder, s)
+        first.setdefault(configured_model(s.embedder, s.embedder_options) or s.embedder, s)
     return list(first.values())
 
 
 async def merge(gw: Gateway, face_id: int, other: int) -> MergeResponse:
     """One person under two FaceIds becomes one: `other`'s photos, vectors in every store,
-    gallery names, member and visit history pass to `face_id`, and `other` ends."""
+    gallery names, member and visit history pass to `face_id`, and `other` ends.
+
+    The visit history moves first, under the face merge's own checks: a crash before the
+    face merge leaves a merge that a re-run completes. A second pass after it takes what
+    was counted under `other` in between."""
     if other == face_id:
         raise InvalidRequest("a FaceId cannot be merged into itself")
-    stores = await gw.db.merge_faces(face_id, other)
     await gw.analytics.merge_faces(face_id, other)
+    stores = await gw.db.merge_faces(face_id, other)
+    await gw.analytics.merge_faces(face_id, other, ended=True)
     record = await gw.db.get_face(face_id)
     return MergeResponse(
         face_id=face_id,

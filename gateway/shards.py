@@ -111,13 +111,14 @@ class ShardClient:
     async def enroll_embedding(
         self, urls: list[str], store_id: str, req: wire.EnrollEmbeddingRequest
     ) -> wire.EnrollResponse:
-        # Not retried on another replica: the first may have stored it before failing.
+        # Not retried on another replica: the first may have stored it before failing;
+        # a learned view (max_vectors) is, since the same embedding is stored once.
         r = await self._call(
             urls,
             "POST",
             f"/v1/stores/{store_id}/faces/embedding",
             json=req.model_dump(),
-            retry=False,
+            retry=req.max_vectors is not None,
         )
         return wire.EnrollResponse.model_validate_json(r.content)
 

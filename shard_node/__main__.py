@@ -14,7 +14,13 @@ from redis.exceptions import RedisError
 from rich.progress import Progress
 
 from shard_node.app import create_app
-from shard_node.gallery import IngestReport, ingest_folder, photos_by_person
+from shard_node.gallery import (
+    IngestReport,
+    chain_indexes,
+    ingest_folder,
+    load_index,
+    photos_by_person,
+)
 from shard_node.index import StoreIndex
 from shard_node.runtime import open_runtime
 from shard_node.settings import ShardSettings
@@ -55,6 +61,14 @@ def ingest(
     store: Annotated[str, typer.Option(help="store id in stores.yaml")],
     largest: Annotated[bool, typer.Option(help="take the largest face of group photos")] = False,
     workers: Annotated[int, typer.Option(help="0 = one per core")] = 0,
+    everywhere: Annotated[
+        bool,
+        typer.Option(
+            help="look for each person in every store of the chain built with the same "
+            "embedder (read whole from Redis: memory and time grow with the chain); "
+            "default: this store only"
+        ),
+    ] = False,
 ) -> None:
     """Ingest a <person>/<photo> folder into a store, straight into Redis."""
 
@@ -75,13 +89,17 @@ def ingest(
 
     async def run() -> IngestReport:
         async with open_runtime(settings, group, workers=workers or None) as rt:
-            recorded = await rt.db.claim_embedder(cfg.id, rt.info.name)
-            if recorded != rt.info.name:
-                _fail(f"store {cfg.id} holds {recorded} embeddings, not {rt.info.name}", 2)
+            recorded = await rt.db.claim_embedder(cfg.id, rt.info.identity)
+            if recorded != rt.info.identity:
+                _fail(f"store {cfg.id} holds {recorded} embeddings, not {rt.info.identity}", 2)
             # The store's faces as they are now, so a person it already knows keeps one FaceId.
-            index = StoreIndex(rt.info.dim, rt.info.metric, rt.info.name)
-            async for vids, fids, embs in rt.db.scan_vectors(cfg.id):
-                index.add(vids, fids, embs)
+            index = await load_index(rt.db, rt.info, cfg.id)
+            others: dict[str, StoreIndex] = {}
+            if everywhere:
+                chain = [s.id for s in stores.compatible(cfg)]
+                others, left_out = await chain_indexes(rt.db, rt.info, chain)
+                for sid in left_out:
+                    typer.echo(f"not searched: {sid} holds another embedder's faces", err=True)
 
             def added(gen: int, vec_id: int, face_id: int, embedding: np.ndarray) -> None:
                 index.add([vec_id], [face_id], embedding)
@@ -100,6 +118,7 @@ def ingest(
                     index=index,
                     threshold=cfg.threshold or rt.info.threshold,
                     on_added=added,
+                    others=others,
                 )
 
     try:

@@ -13,6 +13,7 @@ import numpy as np
 from shard_node.faces.base import EmbedderInfo, Face, enrollable_face
 from shard_node.faces.pool import FacePool
 from shard_node.index import StoreIndex
+from storeface.embedders import same_model
 from storeface.errors import StorefaceError
 from storeface.facedb import FaceDB
 
@@ -30,15 +31,18 @@ class IngestReport:
     # photos with several faces, enrolled by the one that dominates (or by the largest)
     dominant: list[str] = field(default_factory=list)
     faces: dict[str, int] = field(default_factory=dict)  # person → FaceId
-    # people the store already knew under a FaceId (a visitor, an earlier enrollment)
-    known: dict[str, tuple[int, float]] = field(default_factory=dict)  # → (FaceId, distance)
+    # people the store (or, with other stores' indexes, the chain) already knew under a
+    # FaceId (a visitor, an earlier enrollment) → (FaceId, distance, the store it was in)
+    known: dict[str, tuple[int, float, str]] = field(default_factory=dict)
 
     def details(self) -> str:
         """The summary, then a line per person already known, photo skipped or photo enrolled
         by its dominant face."""
         lines = [self.summary()]
-        for person, (fid, dist) in sorted(self.known.items()):
-            lines.append(f"  {person}: already known as FaceId {fid} (distance {dist:.3f})")
+        for person, (fid, dist, store) in sorted(self.known.items()):
+            lines.append(
+                f"  {person}: already known as FaceId {fid} in {store} (distance {dist:.3f})"
+            )
         lines += [f"  skipped {path}: {why}" for path, why in self.skipped]
         lines += [f"  several faces in {path}: enrolled the dominant one" for path in self.dominant]
         return "\n".join(lines)
@@ -78,11 +82,15 @@ async def ingest_folder(
     progress: Callable[[int], None] | None = None,
     index: StoreIndex | None = None,
     threshold: float | None = None,
+    others: dict[str, StoreIndex] | None = None,
 ) -> IngestReport:
     """Embed every photo in parallel (the pool's workers) and store it under its person.
 
     With the store's `index`, a person whose first photo matches a FaceId the store already
-    has (under `threshold`) joins that FaceId instead of getting a second one."""
+    has (under `threshold`) joins that FaceId instead of getting a second one; with `others`
+    (other stores' indexes, chain_indexes), a FaceId of another store too, and their photos
+    are filed here under it."""
+    searched = ([(store_id, index)] if index is not None else []) + list((others or {}).items())
     people = photos_by_person(folder)
     report = IngestReport(people=len(people))
     limit = asyncio.Semaphore(pool.workers * 2)
@@ -108,7 +116,7 @@ async def ingest_folder(
         async with person_locks[person]:  # the person's first photo makes the FaceId
             face_id = await db.gallery_face(store_id, person)
             if face_id is None and person not in report.known:
-                known = await _known_face(db, index, face.embedding, threshold or info.threshold)
+                known = await _known_face(db, searched, face.embedding, threshold or info.threshold)
                 if known is not None:
                     report.known[person] = known
                     face_id = known[0]
@@ -157,13 +165,39 @@ async def _enrollable(
 
 
 async def _known_face(
-    db: FaceDB, index: StoreIndex | None, embedding: np.ndarray, threshold: float
-) -> tuple[int, float] | None:
-    """The live FaceId nearest to an embedding in the store, if under the threshold."""
-    if index is None:
-        return None
-    found = index.search(embedding[None, :], 1)[0]
-    if not found or found[0].distance > threshold:
-        return None
-    best = found[0]
-    return (best.face_id, round(best.distance, 6)) if await db.get_face(best.face_id) else None
+    db: FaceDB, indexes: list[tuple[str, StoreIndex]], embedding: np.ndarray, threshold: float
+) -> tuple[int, float, str] | None:
+    """The live FaceId nearest to an embedding in the stores' indexes (the first, the
+    ingest's own store, wins a tie), if under the threshold."""
+    hits = [(row[0], sid) for sid, idx in indexes if (row := idx.search(embedding[None, :], 1)[0])]
+    for best, sid in sorted(hits, key=lambda h: h[0].distance):
+        if best.distance > threshold:
+            return None
+        if await db.get_face(best.face_id):
+            return best.face_id, round(best.distance, 6), sid
+    return None
+
+
+async def load_index(db: FaceDB, info: EmbedderInfo, store_id: str) -> StoreIndex:
+    """A store's faces as they are in Redis now, in an exact index."""
+    index = StoreIndex(info.dim, info.metric, info.name)
+    async for vids, fids, embs in db.scan_vectors(store_id):
+        index.add(vids, fids, embs)
+    return index
+
+
+async def chain_indexes(
+    db: FaceDB, info: EmbedderInfo, store_ids: list[str]
+) -> tuple[dict[str, StoreIndex], list[str]]:
+    """The indexes of the stores whose recorded embedder is `info`'s, read from Redis (the
+    whole of each store: memory and time grow with the chain), and the stores left out."""
+    indexes: dict[str, StoreIndex] = {}
+    left_out = []
+    for sid in store_ids:
+        recorded = await db.redis.hget(f"store:{sid}:meta", "embedder")
+        held = recorded.decode() if isinstance(recorded, bytes) else str(recorded or "")
+        if held and same_model(held, info.identity):
+            indexes[sid] = await load_index(db, info, sid)
+        elif held:
+            left_out.append(sid)  # another model: its distances mean nothing here
+    return indexes, left_out

@@ -25,6 +25,7 @@ from shard_node.index import IndexPolicy
 from shard_node.replica import Replica
 from storeface.errors import EmbedderMismatch, NotReady, StoreNotHosted
 from storeface.facedb import FaceDB
+from storeface.matching import SizeRule, size_rule_for
 from storeface.stores import StoreConfig, StoresFile, WatchedStoresFile
 from storeface.tasks import stop_tasks
 
@@ -49,6 +50,17 @@ class StoreState:
     @property
     def serving(self) -> bool:
         return self.replica.loaded and not self.refused
+
+    @property
+    def rule(self) -> SizeRule:
+        """How this store's match threshold follows its size (storeface/matching.py)."""
+        return size_rule_for(
+            self.replica.info.name, self.threshold, self.store.threshold_per_decade
+        )
+
+    def match_threshold(self) -> float:
+        """The threshold a search of this store uses now: tighter as it grows."""
+        return self.rule.threshold(self.replica.index.face_count)
 
     def require_ready(self) -> None:
         if self.refused:
@@ -204,11 +216,12 @@ class Node:
         store = st.store
         while True:
             try:
-                recorded = await self.db.claim_embedder(store.id, self.info.name)
-                if recorded != self.info.name:
+                # Photos are not kept: a store's faces cannot be re-embedded by another model.
+                recorded = await self.db.claim_embedder(store.id, self.info.identity)
+                if recorded != self.info.identity:
                     st.refused = (
                         f"store {store.id} holds {recorded} embeddings; "
-                        f"this node runs {self.info.name}"
+                        f"this node runs {self.info.identity}"
                     )
                     log.error("%s: refused: %s", store.id, st.refused)
                     st.ready.set()
@@ -387,7 +400,7 @@ class Node:
                 min_size=st.store.min_face_size,
                 on_added=st.replica.apply_local_add,
                 index=st.replica.index,
-                threshold=st.threshold,
+                threshold=st.match_threshold(),
             )
             log.info("%s: gallery %s: %s", st.store.id, folder, report.summary())
             for path in report.dominant:

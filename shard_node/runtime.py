@@ -17,6 +17,7 @@ from shard_node.faces.base import EmbedderInfo
 from shard_node.faces.pool import FacePool
 from shard_node.faces.registry import AUTO, embedder_info, resolve_embedder
 from shard_node.settings import ShardSettings
+from storeface.embedders import embedder_identity, parse_identity, same_model
 from storeface.errors import ConfigError
 from storeface.facedb import FaceDB
 from storeface.images import ImageLimits
@@ -59,25 +60,45 @@ def group_embedder(group: NodeGroup, settings: ShardSettings) -> EmbedderInfo:
 
 async def chosen_embedder(
     group: NodeGroup, settings: ShardSettings, redis: Redis
-) -> tuple[str, str]:
-    """The group's embedder and a note on why: the one named, else the one its stores were
-    built with, else the default (arcface where its model files are, else dlib)."""
-    name, note = resolve_embedder(group.embedder, embedder_options(group, settings))
+) -> tuple[str, dict[str, object], str]:
+    """The group's embedder, its options and a note on why: the one named, else the model its
+    stores were built with (where its files are here), else the default (arcface with the
+    first known recognizer present, else dlib)."""
+    options = embedder_options(group, settings)
+    name, note = resolve_embedder(group.embedder, options)
     if group.embedder != AUTO:
-        return name, note
+        return name, options, note
     try:
         values = [await redis.hget(f"store:{sid}:meta", "embedder") for sid in group.stores]
     except Exception:  # Redis not up yet: each store's claim still refuses a mismatch
         log.warning("node %s: could not read its stores' embedders", group.id, exc_info=True)
-        return name, note
+        return name, options, note
     built = {v.decode() if isinstance(v, bytes) else str(v) for v in values if v}
-    if len(built) == 1 and (held := built.pop()) != name:
-        # Photos are not kept, so a store's faces cannot be re-embedded: it keeps its embedder.
-        return held, (
+    if len(built) != 1:
+        return name, options, note
+    held = built.pop()
+    if same_model(held, embedder_identity(name, options)):
+        return name, options, note
+    # Photos are not kept, so a store's faces cannot be re-embedded: it keeps its model,
+    # unless the group names another recognizer or the held one's file is not here (then
+    # each store's claim refuses the mismatch and says so).
+    held_name, pinned = parse_identity(held)
+    if pinned and "recognizer_model" in group.embedder_options:
+        return name, options, note
+    held_options = {**options, **pinned}
+    if pinned and resolve_embedder(AUTO, held_options)[0] != "arcface":
+        return name, options, note
+    return (
+        held_name,
+        held_options,
+        (
             f"no embedder set: running {held}, which this node's stores were built with "
-            f"(the default here would be {name}); set `embedder: {held}` to say so"
-        )
-    return name, note
+            f"(the default here would be {embedder_identity(name, options)}); set "
+            f"`embedder: {held_name}`"
+            + (f" and `recognizer_model: {pinned['recognizer_model']}`" if pinned else "")
+            + " to say so"
+        ),
+    )
 
 
 @contextlib.asynccontextmanager
@@ -92,12 +113,12 @@ async def open_runtime(
         settings.redis_service,
         settings.redis_wait_timeout_ms,
     )
-    name, note = await chosen_embedder(group, settings, redis)
+    name, options, note = await chosen_embedder(group, settings, redis)
     if note:
         log.warning("node %s: %s", group.id, note)
     pool = FacePool(
         name,
-        embedder_options(group, settings),
+        options,
         workers=workers or settings.workers or None,
         limits=ImageLimits(
             settings.max_image_bytes,
@@ -109,7 +130,7 @@ async def open_runtime(
         max_queue=settings.max_queue,
     )
     try:
-        info = embedder_info(name, embedder_options(group, settings))
+        info = embedder_info(name, options)
         yield Runtime(group, info, redis, FaceDB(redis), pool, note)
     finally:
         await asyncio.to_thread(pool.close)  # joins the workers: not on the event loop

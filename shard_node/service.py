@@ -63,6 +63,7 @@ async def identify(state: StoreState, image: bytes, top_k: int) -> wire.Identify
     t1 = time.perf_counter()
     timings = dict(analysis.timings)
     rows: list[list[wire.Match]] = []
+    size = state.replica.index.face_count
     if analysis.faces:
         found = state.replica.index.search(np.vstack([f.embedding for f in analysis.faces]), top_k)
         rows = await _labelled(state.db, _tagged(found, state.store.id))
@@ -71,9 +72,12 @@ async def identify(state: StoreState, image: bytes, top_k: int) -> wire.Identify
     state.observe(timings)
     return wire.IdentifyResponse(
         store_id=state.store.id,
-        embedder=state.replica.info.name,
+        embedder=state.replica.info.identity,
         metric=state.replica.info.metric,
-        threshold=state.threshold,
+        threshold=state.rule.threshold(size),
+        gallery_faces=size,
+        base_threshold=state.rule.base,
+        threshold_per_decade=state.rule.per_decade,
         width=analysis.width,
         height=analysis.height,
         faces=[_face_wire(f, m) for f, m in zip(analysis.faces, rows, strict=True)],
@@ -102,10 +106,11 @@ async def search(node: Node, req: wire.SearchRequest) -> wire.SearchResponse:
                 rows[i] = row
     return wire.SearchResponse(
         node_id=node.node_id,
-        embedder=node.info.name,
+        embedder=node.info.identity,
         results=[r[: req.top_k] for r in await _labelled(node.db, [row or [] for row in rows])],
         stores=[st.store.id for st in live],
         missing=missing,
+        gallery_faces=sum(st.replica.index.face_count for st in live),
         search_ms=round((time.perf_counter() - t0) * 1000, 3),
     )
 
@@ -149,6 +154,10 @@ async def enroll_image(
     state.require_ready()
     photo_sha = hashlib.sha256(image).hexdigest()
     known = await state.db.photo_face(state.store.id, photo_sha)
+    if known is not None and new_person:
+        raise AlreadyEnrolled(
+            f"this exact photo is enrolled as FaceId {known}", face_id=known, distance=0.0
+        )
     if known is not None:
         return wire.EnrollResponse(face_id=known, vec_id=0, created=False, duplicate=True)
     analysis = await state.pool.analyze(image)
@@ -187,7 +196,7 @@ async def enroll_image(
 
 async def _check_same_face(state: StoreState, vec: np.ndarray, face_id: int) -> float | None:
     """The distance from a photo to the face it is filed under; too far is face_mismatch."""
-    stored = await state.db.face_vectors(face_id, state.replica.info.name)
+    stored = await state.db.face_vectors(face_id, state.replica.info.identity)
     if stored is None:
         raise FaceNotFound(face_id=face_id)
     if not len(stored):
@@ -220,7 +229,7 @@ async def _nearest_known(
     await state.replica.catch_up()
     found = state.replica.index.search(vec[None, :], 1)
     rows = await _labelled(state.db, _tagged(found, state.store.id))
-    limit = state.threshold if threshold is None else threshold
+    limit = state.match_threshold() if threshold is None else threshold
     return rows[0][0] if rows[0] and rows[0][0].distance <= limit else None
 
 
@@ -239,6 +248,8 @@ async def enroll_embedding(
             ),
         )
     state.require_ready()
+    if req.face_id is not None and (req.max_vectors is not None or req.min_distance is not None):
+        return await _learn_view(state, req, req.face_id)
     return await _store(
         state,
         np.asarray(req.embedding, dtype=np.float32),
@@ -247,6 +258,38 @@ async def enroll_embedding(
         member_id=req.member_id,
         kind=req.kind,
     )
+
+
+async def _learn_view(
+    state: StoreState, req: wire.EnrollEmbeddingRequest, face_id: int
+) -> wire.EnrollResponse:
+    """A recognised face's embedding as one more view of its FaceId: under the store's
+    registration lock (two gateways learning near-identical views add one), capped in
+    Redis, the same embedding stored once, and never for a FaceId erased meanwhile."""
+    vec = state.replica.index.prepare(np.asarray(req.embedding, dtype=np.float32))[0]
+    sha = "view-" + hashlib.sha256(vec.tobytes()).hexdigest()  # a retry is a no-op
+    async with _registration(state):
+        if req.min_distance is not None:
+            stored = await state.db.face_vectors(face_id, state.replica.info.identity)
+            if stored is None:
+                raise FaceNotFound(face_id=face_id)
+            if len(stored):
+                metric = state.replica.info.metric
+                dist = round(float(distances(vec[None, :], stored, metric).min()), 6)
+                if dist <= req.min_distance:
+                    return wire.EnrollResponse(
+                        face_id=face_id, vec_id=0, created=False, distance=dist, skipped="not_novel"
+                    )
+        return await _store(
+            state,
+            vec,
+            face_id=face_id,
+            label="",
+            member_id="",
+            kind=req.kind,
+            photo_sha=sha,
+            max_vectors=req.max_vectors,
+        )
 
 
 async def register(state: StoreState, req: wire.RegisterRequest) -> wire.EnrollResponse:
@@ -271,6 +314,7 @@ async def _store(
     member_id: str,
     kind: str,
     photo_sha: str = "",
+    max_vectors: int | None = None,
 ) -> wire.EnrollResponse:
     vec = state.replica.index.prepare(vec)[0]  # validated before a FaceId is spent on it
     created = face_id is None
@@ -286,7 +330,10 @@ async def _store(
         member_id=member_id,
         photo_sha=photo_sha,
         create=created,
+        max_vectors=max_vectors,
     )
+    if result.capped:
+        return wire.EnrollResponse(face_id=face_id, vec_id=0, created=False, skipped="capped")
     if result.duplicate:
         return wire.EnrollResponse(face_id=result.face_id, vec_id=0, created=False, duplicate=True)
     # Acknowledged by Redis (AOF on); now searchable here at once, elsewhere via the feed.
@@ -308,10 +355,12 @@ def store_info(state: StoreState) -> wire.InfoResponse:
     r = state.replica
     return wire.InfoResponse(
         store_id=state.store.id,
-        embedder=r.info.name,
+        embedder=r.info.identity,
         dim=r.info.dim,
         metric=r.info.metric,
-        threshold=state.threshold,
+        threshold=state.match_threshold(),
+        base_threshold=state.threshold,
+        threshold_rule=state.rule.describe(),
         threshold_note=r.info.threshold_note,
         faces=r.index.face_count,
         vectors=len(r.index),
@@ -328,7 +377,7 @@ def store_info(state: StoreState) -> wire.InfoResponse:
 def node_info(node: Node) -> wire.NodeInfoResponse:
     return wire.NodeInfoResponse(
         node_id=node.node_id,
-        embedder=node.info.name,
+        embedder=node.info.identity,
         embedder_note=node.embedder_note or None,
         dim=node.info.dim,
         metric=node.info.metric,

@@ -8,6 +8,7 @@ sequence knows it missed something and rebuilds instead of drifting.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,16 +17,19 @@ from typing import Any
 import numpy as np
 from redis.asyncio import Redis
 
+from storeface.embedders import LEGACY_ARCFACE
 from storeface.errors import FaceNotFound, MemberNotBound, MemberTaken
 
 FEED_MAXLEN = 1_000_000
 AUDIT_KEY = "audit:erase"  # the erase trail: who, when, which FaceId, why; no biometric data
 AUDIT_MAXLEN = 1_000_000
+log = logging.getLogger("storeface.facedb")
 
 _ADD_VECTOR = """
 -- KEYS: seq:vec, face:{fid}, face:{fid}:vecs, store:{sid}:vec, store:{sid}:feed,
 --       store:{sid}:gen, store:{sid}:photo, face:{fid}:photos, face:{fid}:stores
--- ARGV: fid, sid, emb, photo_sha, now, kind, label, member_id, maxlen, embedder, create
+-- ARGV: fid, sid, emb, photo_sha, now, kind, label, member_id, maxlen, embedder, create,
+--       max_vectors ('': no cap; else only while the face holds fewer vectors in the store)
 if redis.call('EXISTS', KEYS[2]) == 0 then
   if ARGV[11] ~= '1' then return redis.error_reply('FACE_NOT_FOUND') end
   redis.call('HSET', KEYS[2], 'kind', ARGV[6], 'home_store', ARGV[2], 'label', ARGV[7],
@@ -35,6 +39,13 @@ end
 if ARGV[4] ~= '' then
   local known = redis.call('HGET', KEYS[7], ARGV[4])
   if known then return {0, 0, '', known} end
+end
+if ARGV[12] ~= '' then
+  local held, prefix = 0, ARGV[2] .. ':'
+  for _, entry in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+    if string.sub(entry, 1, #prefix) == prefix then held = held + 1 end
+  end
+  if held >= tonumber(ARGV[12]) then return {0, 0, 'capped', ARGV[1]} end
 end
 local vid = redis.call('INCR', KEYS[1])
 local gen = redis.call('INCR', KEYS[6])
@@ -48,6 +59,21 @@ end
 local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*',
                       'op', 'add', 'gen', gen, 'vid', vid, 'fid', ARGV[1], 'emb', ARGV[3])
 return {vid, gen, id, ARGV[1]}
+"""
+
+_CLAIM_EMBEDDER = """
+-- KEYS: store:{sid}:meta. ARGV: identity, legacy value, legacy prefix.
+-- Returns {recorded, the legacy value it replaced or ''}.
+local held = redis.call('HGET', KEYS[1], 'embedder')
+if not held then
+  redis.call('HSET', KEYS[1], 'embedder', ARGV[1])
+  return {ARGV[1], ''}
+end
+if held == ARGV[2] and string.sub(ARGV[1], 1, #ARGV[3]) == ARGV[3] then
+  redis.call('HSET', KEYS[1], 'embedder', ARGV[1])
+  return {ARGV[1], held}
+end
+return {held, ''}
 """
 
 _ERASE_FACES = """
@@ -244,6 +270,7 @@ class AddResult:
     gen: int
     feed_id: str
     duplicate: bool = False  # this photo was already ingested; nothing was added
+    capped: bool = False  # the face already holds max_vectors vectors in the store
 
 
 @dataclass
@@ -305,10 +332,22 @@ class FaceDB:
     # --- store meta ----------------------------------------------------------------------
 
     async def claim_embedder(self, store_id: str, embedder: str) -> str:
-        """Record the store's embedder on first use; returns the one recorded."""
+        """Record the store's embedder identity (storeface.embedders.embedder_identity) on
+        first use; returns the one recorded. A legacy "arcface" record is upgraded once to
+        the arcface identity that claims it (see LEGACY_ARCFACE)."""
         key = f"store:{store_id}:meta"
-        await self.redis.hsetnx(key, "embedder", embedder)
-        return _s(await self.redis.hget(key, "embedder"))
+        held, upgraded = await self.redis.eval(
+            _CLAIM_EMBEDDER, 1, key, embedder, LEGACY_ARCFACE, f"{LEGACY_ARCFACE}:"
+        )
+        if _s(upgraded):
+            log.warning(
+                "store %s: recorded embedder %r upgraded to %r (assumed built with the "
+                "recognizer it runs now, the only one shipped before stores named theirs)",
+                store_id,
+                _s(upgraded),
+                _s(held),
+            )
+        return _s(held)
 
     # --- which node group serves a store (the hand-over when a store moves) ---------------
 
@@ -336,8 +375,10 @@ class FaceDB:
         member_id: str = "",
         photo_sha: str = "",
         create: bool = True,
+        max_vectors: int | None = None,
     ) -> AddResult:
-        """Store one embedding of a face in a store and announce it on the store's feed."""
+        """Store one embedding of a face in a store and announce it on the store's feed;
+        with `max_vectors`, only while the face holds fewer vectors in that store."""
         emb = np.asarray(embedding, dtype=np.float32).tobytes()
         keys = [
             "seq:vec",
@@ -362,6 +403,7 @@ class FaceDB:
             self.feed_maxlen,
             embedder,
             "1" if create else "0",
+            "" if max_vectors is None else max_vectors,
         ]
         try:
             vid, gen, feed_id, fid = await self._add(keys=keys, args=args)
@@ -374,7 +416,8 @@ class FaceDB:
             vec_id=int(vid),
             gen=int(gen),
             feed_id=_s(feed_id),
-            duplicate=int(vid) == 0,
+            duplicate=int(vid) == 0 and _s(feed_id) != "capped",
+            capped=int(vid) == 0 and _s(feed_id) == "capped",
         )
 
     async def face_vectors(self, face_id: int, embedder: str) -> np.ndarray | None:

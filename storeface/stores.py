@@ -15,12 +15,35 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from storeface.embedders import may_match
 from storeface.errors import ConfigError
 
 log = logging.getLogger("storeface.stores")
 
 FallbackPolicy = Literal["all", "region", "list", "none"]
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class LearnViews(BaseModel):
+    """When a recognition teaches its FaceId one more view (an embedding) at its store;
+    the fractions are of the store's threshold. Defaults measured by bench/views.py
+    (docs/benchmarks.md, "More than one view per FaceId")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_per_face: int = Field(default=3, ge=1, le=100)  # vectors a FaceId holds here, at most
+    confident: float = Field(default=0.7, gt=0, le=1)  # learn from matches this close only
+    novel: float = Field(default=0.2, ge=0, lt=1)  # and only if no view of it is this close
+    margin: float = Field(default=0.1, ge=0, le=1)  # and the next FaceId this much further
+
+    @model_validator(mode="after")
+    def _novel_below_confident(self) -> LearnViews:
+        if self.novel >= self.confident:
+            raise ValueError(
+                f"novel ({self.novel}) must be below confident ({self.confident}): "
+                "no match could teach a view"
+            )
+        return self
 
 
 class StoreConfig(BaseModel):
@@ -35,6 +58,9 @@ class StoreConfig(BaseModel):
     embedder: str = "auto"  # with `node:`, the node's unless set (and then it must match)
     embedder_options: dict[str, Any] = Field(default_factory=dict)
     threshold: float | None = Field(default=None, gt=0)  # None: the embedder's measured one
+    # How much lower the threshold goes for each tenfold more faces than 1,000 (a bigger
+    # store meets more look-alikes); 0: fixed; None: the embedder's (storeface/matching.py).
+    threshold_per_decade: float | None = Field(default=None, ge=0, le=0.2)
     auto_register: bool = True
     fallback: FallbackPolicy = "all"
     fallback_stores: list[str] = Field(default_factory=list)
@@ -44,6 +70,10 @@ class StoreConfig(BaseModel):
     # they would not match when the person comes back (docs/benchmarks.md, "Accuracy").
     min_face_blur: float = Field(default=20.0, ge=0)
     max_face_yaw: float = Field(default=45.0, ge=0, le=90)
+    # A confident, unambiguous match of a good face adds its embedding to the FaceId (up to
+    # max_per_face), so the person matches from more angles. Off unless set (`{}`: the
+    # defaults): more views per FaceId also draw more strangers to it (docs/benchmarks.md).
+    learn_views: LearnViews | None = None
     gallery: str | None = None  # a <person>/<photo> folder ingested at shard start-up
     # Days an unbound visitor FaceId is kept unseen; null: kept; unset: the chain's default.
     visitor_retention_days: int | None = Field(default=None, ge=1, le=36500)
@@ -254,6 +284,16 @@ class StoresFile(BaseModel):
 
     def store(self, store_id: str) -> StoreConfig | None:
         return next((s for s in self.stores if s.id == store_id), None)
+
+    def compatible(self, home: StoreConfig) -> list[StoreConfig]:
+        """The other stores whose faces `home`'s can be compared with: every store that may
+        run the same embedder, whatever the fallback policy (the chain, for a search)."""
+        return [
+            s
+            for s in self.stores
+            if s.id != home.id
+            and may_match(s.embedder, home.embedder, s.embedder_options, home.embedder_options)
+        ]
 
     def retention_days(self, store_id: str) -> int | None:
         """Days a visitor registered at this store is kept unseen (None: kept)."""

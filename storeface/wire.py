@@ -43,7 +43,16 @@ class IdentifyResponse(BaseModel):
     store_id: str
     embedder: str
     metric: str = "l2"
-    threshold: float
+    threshold: float = Field(description="the store's match threshold now, for its size")
+    gallery_faces: int = Field(
+        default=0, description="faces in the store: what its threshold follows"
+    )
+    base_threshold: float | None = Field(
+        default=None, description="the store's threshold before its size (1:1 checks use it)"
+    )
+    threshold_per_decade: float = Field(
+        default=0.0, description="how much lower the threshold is for every tenfold more faces"
+    )
     width: int
     height: int
     faces: list[ShardFace]
@@ -72,6 +81,9 @@ class SearchResponse(BaseModel):
     missing: list[str] = Field(
         default_factory=list, description="asked for but not hosted here, or not ready"
     )
+    gallery_faces: int = Field(
+        default=0, description="faces in the stores searched, for a threshold by size"
+    )
     search_ms: float
 
 
@@ -85,6 +97,18 @@ class EnrollEmbeddingRequest(BaseModel):
         default=None,
         gt=0,
         description="register only if no face lies within this distance (visitor dedupe)",
+    )
+    max_vectors: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="learn a view of `face_id`: stored only while the FaceId holds fewer "
+        "vectors in this store (checked in Redis), the same embedding twice stored once",
+    )
+    min_distance: float | None = Field(
+        default=None,
+        ge=0,
+        description="learn a view: stored only if every vector of `face_id` is further away",
     )
 
 
@@ -112,6 +136,11 @@ class EnrollResponse(BaseModel):
     member_moved_from: int | None = Field(
         default=None, description="the FaceId the member id was taken from (move_member)"
     )
+    skipped: str | None = Field(
+        default=None,
+        description="a view not learned: capped (the FaceId holds max_vectors here) or "
+        "not_novel (one of its vectors is within min_distance)",
+    )
 
     model_config = {
         "json_schema_extra": {
@@ -124,6 +153,7 @@ class EnrollResponse(BaseModel):
                     "distance": None,
                     "matched_store": None,
                     "member_moved_from": None,
+                    "skipped": None,
                 }
             ]
         }
@@ -147,7 +177,11 @@ class InfoResponse(BaseModel):
     embedder: str
     dim: int
     metric: str
-    threshold: float
+    threshold: float = Field(description="the match threshold in effect now, for the store's size")
+    base_threshold: float | None = Field(
+        default=None, description="the store's threshold (or its embedder's) before its size"
+    )
+    threshold_rule: str = Field(default="", description="how the threshold follows the size")
     threshold_note: str
     faces: int
     vectors: int

@@ -213,6 +213,7 @@ def _cluster_commands(gallery: tuple[Path, list[Path]]) -> list[list[str]]:
         ["erase", "42"],
         ["enroll", str(gallery[0]), "--store", "a"],
         ["search", str(gallery[1][0]), "--store", "a"],
+        ["retention", "sweep", "--dry-run"],
     ]
 
 
@@ -388,7 +389,9 @@ def stub_gateway() -> Iterator[tuple[str, list[str]]]:
         def _answer(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             seen.append(self.headers.get("X-API-Key", ""))
-            body = json.dumps({"face_id": 7, "faces": [], "days": []}).encode()
+            body = json.dumps(
+                {"face_id": 7, "faces": [], "days": [], "dry_run": True, "expired": 0, "scanned": 0}
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -421,6 +424,7 @@ def test_every_cluster_command_sends_the_one_key(
         ["erase", "42"],
         ["enroll", str(folder), "--store", "a"],
         ["search", str(folder / "Juanes" / "Juanes_0001.jpg"), "--store", "a"],
+        ["retention", "sweep", "--dry-run"],
     )
     base = {"STOREFACE_KEYS_FILE": str(keys), "STOREFACE_API_KEY": None}
     for env, flag, expected in (
@@ -452,12 +456,19 @@ def test_enroll_reports_known_people_and_erase_by_photo_forgets_them(
     tmp_path: Path, faces: Path, redis_url: str
 ) -> None:
     """Against a real gateway and shard: a person the store already saw joins their FaceId,
+    with `--everywhere` also from another store (whose own recognition looks nowhere else),
     and `erase --photo` forgets them (exit 1 once nobody matches any more)."""
-    stores = write_stores(tmp_path / "stores.yaml", [{"id": "cli"}])
+    stores = tmp_path / "stores.yaml"
     shard = ShardNode("cli", stores, redis_url, tmp_path)
     gateway = GatewayNode(stores, redis_url, tmp_path, admin_key="cli-admin")
-    shard_urls = {"shard_urls": [shard.url]}
-    write_stores(stores, [{"id": "cli", **shard_urls}])
+    doc = {
+        "nodes": [{"id": "cli", "urls": [shard.url], "embedder": "dlib"}],
+        "stores": [
+            {"id": "cli", "node": "cli"},
+            {"id": "cli-2", "node": "cli", "fallback": "none"},
+        ],
+    }
+    stores.write_text(yaml.safe_dump(doc, sort_keys=False))
     shard.start()
     gateway.start()
     try:
@@ -478,10 +489,17 @@ def test_enroll_reports_known_people_and_erase_by_photo_forgets_them(
         assert done.exit_code == 0, done.output
         assert f"Juanes: already known as FaceId {first['face_id']}" in done.output
         assert "1 already known under a FaceId" in done.output
+        chain = runner.invoke(
+            app, ["enroll", str(folder), "--store", "cli-2", "--everywhere", *args]
+        )
+        assert chain.exit_code == 0, chain.output
+        assert f"Juanes: already known as FaceId {first['face_id']} in cli " in chain.output
+        assert "2 already known under a FaceId" in chain.output
         photo = str(faces / "lfw_dev/Juanes/Juanes_0001.jpg")
         erased = runner.invoke(app, ["erase", "--photo", photo, *args])
         assert erased.exit_code == 0, erased.output
         assert f"erased face {first['face_id']}" in erased.output
+        assert "cli, cli-2" in erased.output
         again = runner.invoke(app, ["erase", "--photo", photo, *args])
         assert again.exit_code == 1 and "face_not_found" in again.output
         both = runner.invoke(app, ["erase", "7", "--photo", photo, *args])

@@ -6,6 +6,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import hypothesis
@@ -24,19 +25,28 @@ from tests.support import LocalCluster, wait_until
 pytestmark = pytest.mark.slow  # starts server processes or embeds many photos
 
 NODES = [{"id": "node-1", "replicas": 2}, {"id": "node-2", "replicas": 1}]
+GROUPS: list[dict[str, Any]] = []  # the node groups, as stores.yaml now says
 PLACEMENT: dict[str, str | None] = {}  # store → node group, as stores.yaml now says
 FUZZ_EXAMPLES = 400  # about a minute through the front door here
 
 
-def place(cluster: LocalCluster, placement: dict[str, str | None]) -> None:
-    """Rewrite stores.yaml: each store on its node group, or (None) a group of its own."""
+def place(
+    cluster: LocalCluster,
+    placement: dict[str, str | None],
+    groups: list[dict[str, Any]] | None = None,
+) -> None:
+    """Rewrite stores.yaml: each store on its node group, or (None) a group of its own;
+    the node groups as they are, or as given."""
+    placement = dict(placement)  # PLACEMENT itself may be what is given
     PLACEMENT.clear()
     PLACEMENT.update(placement)
+    if groups is not None:
+        GROUPS[:] = [dict(g) for g in groups]
     stores = [
         {"id": sid, "node": node} if node else {"id": sid, "replicas": 1}
         for sid, node in placement.items()
     ]
-    cluster.write(NODES, stores)
+    cluster.write(GROUPS, stores)
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +55,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     # What these tests are about is failover, not load shedding (tests/test_overload.py):
     # with one replica killed, the other takes every request of the test's two clients plus
     # the retries of the killed one's, so its queue is made room for.
+    # Ports are set aside for two replicas of every group (a group's replicas take the ports
+    # after its first): test_raising_replicas_starts_only_the_new_replica gives node-2 one more.
     c = LocalCluster(
         tmp_path_factory.mktemp("cluster"),
-        NODES,
+        [{**n, "replicas": 2} for n in NODES],
         [],
         env={"STOREFACE_RELEASE_GRACE_S": "3", "STOREFACE_MAX_QUEUE": "8"},
     )
-    place(c, {"store-a": "node-1", "store-b": "node-1", "store-c": "node-2"})
+    place(c, {"store-a": "node-1", "store-b": "node-1", "store-c": "node-2"}, NODES)
     c.start(timeout=240)
     try:
         yield c
@@ -289,6 +301,66 @@ def test_a_new_group_of_its_own_starts_its_replica(cluster: LocalCluster, faces:
         )
     assert "shard-store-e-1" in cluster.programs()
     assert cluster.program_pid("shard-node-1-2") == before, "other groups are untouched"
+
+
+def test_raising_replicas_starts_only_the_new_replica(cluster: LocalCluster, faces: Path) -> None:
+    """`replicas:` 1 → 2 is an edit: one shard process starts, loads the group's stores from
+    Redis, joins the group's nginx upstream and answers requests; nothing else restarts."""
+    person = "Mark_Gottfried"
+    new_port = cluster.ports["node-2"] + 1
+    access_log = cluster.run_dir / "nginx" / "access.log"
+    with cluster.client(timeout=60) as c:
+        enrolled = c.post(
+            "/v1/stores/store-c/faces",
+            files={"image": ("e.jpg", photo(faces, person, 1))},
+            data={"label": person},
+        )
+        assert enrolled.status_code in (200, 201), enrolled.text
+        face_id = enrolled.json()["face_id"]
+        before = {p: cluster.program_pid(p) for p in cluster.programs()}
+        assert "shard-node-2-2" not in before
+        seen = access_log.stat().st_size
+        place(
+            cluster, PLACEMENT, [{**g, "replicas": 2} if g["id"] == "node-2" else g for g in GROUPS]
+        )
+        wait_until(
+            lambda: cluster.program_pid("shard-node-2-2") > 0,
+            120,
+            0.5,
+            what=f"shard-node-2-2 started:\n{cluster.tail()}",
+        )
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{new_port}/readyz", timeout=2).status_code == 200,
+            180,
+            0.5,
+            what="the new replica ready",
+        )
+        # it hosts what the group's first replica hosts, loaded from Redis, face for face
+        first, second = cluster.node_info("node-2", 0), cluster.node_info("node-2", 1)
+        assert [(s["store_id"], s["faces"]) for s in second["stores"]] == [
+            (s["store_id"], s["faces"]) for s in first["stores"]
+        ]
+        assert all(s["loaded"] for s in second["stores"])
+        # cameras reach it through the gateway and the group's nginx upstream
+        img = photo(faces, person, 1)  # the enrolled photo: which face is not in question here
+        answers: list[tuple[int, Any]] = []
+
+        def answered_by_new() -> bool:
+            r = _recognize(c, img, "store-c")
+            ok = r.status_code == 200
+            answers.append((r.status_code, r.json()["faces"][0]["face_id"] if ok else r.text))
+            with access_log.open("rb") as f:
+                f.seek(seen)
+                lines = f.read().decode(errors="replace").splitlines()
+            return any(
+                "/node-2/" in line and '" 200 ' in line and line.endswith(f":{new_port}")
+                for line in lines
+            )
+
+        wait_until(answered_by_new, 60, 0.2, what=f"a request answered on port {new_port}")
+    assert set(answers) == {(200, face_id)}, answers
+    assert cluster.programs() == {*before, "shard-node-2-2"}
+    assert {p: cluster.program_pid(p) for p in before} == before, "no process restarted"
 
 
 def test_every_answer_is_in_the_openapi(cluster: LocalCluster) -> None:

@@ -1,7 +1,8 @@
 """Frames as cameras send them: small faces in large frames, and exotic pixel formats.
 
 Real lfw_dev photos pasted into large frames, through the real pipelines in-process
-(make_pipeline + analyze_bytes, the pool worker's own code).
+(make_pipeline + analyze_bytes, the pool worker's own code), and through the HTTP API
+(in-process gateway and shard, tests/inprocess.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import io
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +31,7 @@ from shard_node.faces.registry import make_pipeline
 from storeface.errors import ModelMissing, NotAnImage
 from storeface.images import DecodedImage, ImageLimits, decode_image, samples_to_8bit
 from tests.conftest import photo
+from tests.inprocess import InProcess, apps_fixture, recognize
 
 LIMITS = ImageLimits()
 BEFORE = ImageLimits(detect_pixels=0)  # the downscaled frame only, as before the detail pass
@@ -331,3 +334,57 @@ def test_bomb_and_pixel_limits_still_hold_for_exotic_modes() -> None:
     data = png(Image.fromarray(np.zeros((3000, 3000), np.uint16)))
     with pytest.raises(DecompressionBomb):
         decode_image(data, ImageLimits(max_pixels=4_000_000))
+
+
+# --- through the HTTP API ----------------------------------------------------------------
+
+apps = apps_fixture("frames", {"n1": ["frames"]})
+
+
+async def _face(apps: InProcess, image: bytes) -> dict[str, Any]:
+    """The one face /v1/recognize finds in `image`."""
+    r = await recognize(apps.gateway, "frames", image)
+    assert r.status_code == 200, r.text
+    found = r.json()["faces"]
+    assert len(found) == 1, found
+    return dict(found[0])
+
+
+@pytest.mark.anyio
+async def test_recognize_finds_a_small_face_in_a_6000x4000_upload(
+    apps: InProcess, faces: Path
+) -> None:
+    """The issue's frame through the API: the face, where it was pasted, with the FaceId the
+    photo alone has."""
+    data = photo(faces, "Jon_Voight")
+    alone = await _face(apps, data)
+    frame = canvas(6000, 4000)
+    x, y = 3100, 2100
+    paste(frame, rgb_of(data), x, y)
+    upload = jpeg(frame)
+    assert decode_image(upload, LIMITS).scale * alone["box"]["w"] < 40  # lost when downscaled
+
+    face = await _face(apps, upload)
+
+    assert (face["face_id"], face["is_new"]) == (alone["face_id"], False)
+    bx, by, bw, bh = (face["box"][k] for k in "xywh")
+    assert x <= bx + bw / 2 <= x + 250 and y <= by + bh / 2 <= y + 250, face["box"]
+    assert face["box"]["w"] == pytest.approx(alone["box"]["w"], rel=0.25)
+
+
+@pytest.mark.anyio
+async def test_recognize_takes_a_16bit_grayscale_png(apps: InProcess, faces: Path) -> None:
+    """A 16-bit grey PNG (`I;16`) is decoded as the grey photo it is, not white: it gets the
+    FaceId the 8-bit grey copy gets."""
+    rgb = rgb_of(photo(faces, "Barbra_Streisand")).astype(np.float32)
+    grey = rgb @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+    data16 = png(Image.fromarray(np.rint(grey * 257).astype(np.uint16)))
+    assert Image.open(io.BytesIO(data16)).mode == "I;16"
+    data8 = png(Image.fromarray(np.rint(grey).astype(np.uint8), mode="L"))
+    eight = await _face(apps, data8)
+
+    sixteen = await _face(apps, data16)
+
+    assert (sixteen["face_id"], sixteen["is_new"]) == (eight["face_id"], False)
+    assert sixteen["box"] == eight["box"]
+    assert sixteen["distance"] < 0.05

@@ -4,9 +4,12 @@ photo. In-process apps over ASGI (tests/inprocess.py), real Redis, real photos."
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -21,16 +24,19 @@ from shard_node.index import StoreIndex
 from storeface.facedb import FaceDB
 from tests.conftest import photo
 from tests.inprocess import InProcess, in_process
-from tests.support import RedisServer
+from tests.support import ROOT, RedisServer
 
 NODES = {"n1": ["store-a", "store-b"], "n2": ["store-c"]}
+# store-c is in another region and its recognition looks no further: only enrollment's
+# `everywhere` (the chain) reaches it from store-a's people, and store-a's from it.
+SOUTH = {"store-c": {"region": "south", "fallback": "region"}}
 
 
 @pytest.fixture
 async def apps(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[InProcess]:
     """A fresh chain for each test: what one test enrolls cannot answer another's."""
     redis_lib.Redis(port=redis_server.port).flushall()
-    async with in_process(tmp_path, redis_server.url, NODES) as apps:
+    async with in_process(tmp_path, redis_server.url, NODES, store_options=SOUTH) as apps:
         yield apps
 
 
@@ -80,29 +86,77 @@ async def test_enrolling_a_known_face_answers_its_face_id(apps: InProcess, faces
         assert (body["face_id"], body["created"]) == (visitor["face_id"], False)
         assert body["distance"] is not None and body["distance"] < 0.2
         assert body["matched_store"] == "store-a"
-    # asked for a new person explicitly: a clear 409 naming who it is
-    r = await enroll(apps, "store-a", reencoded(clooney, 50), new_person="true")
-    assert r.status_code == 409, r.text
-    assert r.json()["error"]["code"] == "already_enrolled"
-    assert r.json()["error"]["details"]["face_id"] == visitor["face_id"]
+    # the visitor had no name: the enrollment's label is now theirs
+    assert (await recognize(apps, "store-a", clooney))["label"] == "George_Clooney"
+    # asked for a new person explicitly: a clear 409 naming who it is, for the very same
+    # photo (known by its bytes) as for another copy of it
+    for image in (clooney, reencoded(clooney, 50)):
+        r = await enroll(apps, "store-a", image, new_person="true")
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "already_enrolled"
+        assert r.json()["error"]["details"]["face_id"] == visitor["face_id"]
 
 
 @pytest.mark.anyio
 async def test_everywhere_finds_the_face_in_another_group(apps: InProcess, faces: Path) -> None:
-    first = await enroll(apps, "store-a", photo(faces, "Rebekah_Chantay_Revels", 1))
+    """The option searches the chain: another node group, another region, whatever the
+    store's fallback policy (store-c's is `region`); without it, this store only."""
+    person = "Rebekah_Chantay_Revels"
+    first = await enroll(apps, "store-a", photo(faces, person, 1), label=person)
     assert first.status_code == 201, first.text
-    again = photo(faces, "Rebekah_Chantay_Revels", 1)
-    # store-c (another node group) alone does not know her: a new FaceId without the option
-    r = await enroll(apps, "store-c", reencoded(again), everywhere="true")
+    fid = first.json()["face_id"]
+    again = photo(faces, person, 1)
+    # store-c alone does not know her: a new FaceId without the option
+    alone = await enroll(apps, "store-c", reencoded(again))
+    assert alone.status_code == 201, alone.text
+    assert alone.json()["face_id"] != fid
+    assert (await apps.gateway.delete(f"/v1/faces/{alone.json()['face_id']}")).status_code == 200
+    # with it, her FaceId from store-a (another group and region), and the photo filed here
+    r = await enroll(apps, "store-c", reencoded(again, 60), everywhere="true")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert (body["face_id"], body["created"], body["matched_store"]) == (
-        first.json()["face_id"],
-        False,
-        "store-a",
-    )
-    erased = await apps.gateway.delete(f"/v1/faces/{body['face_id']}")
+    assert (body["face_id"], body["created"], body["matched_store"]) == (fid, False, "store-a")
+    assert 0 <= body["distance"] < 0.2
+    seen = await recognize(apps, "store-c", again)
+    assert (seen["face_id"], seen["matched_store"], seen["label"]) == (fid, "store-c", person)
+    # asked for a new person: refused, naming the store she was found in
+    r = await enroll(apps, "store-b", reencoded(again, 50), everywhere="true", new_person="true")
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["code"] == "already_enrolled"
+    assert r.json()["error"]["details"]["face_id"] == fid
+    erased = await apps.gateway.delete(f"/v1/faces/{fid}")
     assert sorted(erased.json()["stores"]) == ["store-a", "store-c"]
+
+
+@pytest.mark.anyio
+async def test_a_member_enrolled_again_keeps_their_face_id(apps: InProcess, faces: Path) -> None:
+    """Another photo of a member, with their member id: the same FaceId, found at home or
+    (with `everywhere`) in another store; not member_taken."""
+    a = await enroll(apps, "store-a", photo(faces, "Juanes", 1), member_id="M-5")
+    assert a.status_code == 201, a.text
+    fid = a.json()["face_id"]
+    home = await enroll(apps, "store-a", reencoded(photo(faces, "Juanes", 1)), member_id="M-5")
+    assert home.status_code == 200, home.text
+    assert (home.json()["face_id"], home.json()["member_moved_from"]) == (fid, None)
+    far = await enroll(
+        apps,
+        "store-c",
+        reencoded(photo(faces, "Juanes", 1), 60),
+        member_id="M-5",
+        everywhere="true",
+    )
+    assert far.status_code == 200, far.text
+    assert (far.json()["face_id"], far.json()["matched_store"]) == (fid, "store-a")
+    # someone else with that member id is still refused, with or without the option
+    for extra in ({}, {"everywhere": "true"}):
+        other = await enroll(
+            apps, "store-c", photo(faces, "Mary_Carey", 1), member_id="M-5", **extra
+        )
+        assert other.status_code == 409, other.text
+        assert other.json()["error"]["code"] == "member_taken"
+        assert other.json()["error"]["details"]["face_id"] == fid
+    seen = await recognize(apps, "store-c", photo(faces, "Juanes", 1))
+    assert seen["face_id"] == fid and seen["member"]["member_id"] == "M-5"
 
 
 @pytest.mark.anyio
@@ -249,3 +303,118 @@ async def test_merge_makes_two_face_ids_one_person(apps: InProcess, faces: Path)
     # erase of the kept FaceId now reaches both stores
     erased = await apps.gateway.delete(f"/v1/faces/{keep}")
     assert erased.json()["stores"] == ["store-a", "store-c"]
+
+
+@pytest.mark.anyio
+async def test_merge_of_two_members_is_refused(apps: InProcess, faces: Path) -> None:
+    """Two FaceIds bound to different members: which member the person is, is the
+    operator's call (unbind one first); nothing is merged."""
+    person = "Rebekah_Chantay_Revels"
+    kept = await enroll(apps, "store-a", photo(faces, person, 1), member_id="M-1")
+    keep = kept.json()["face_id"]
+    gone = await _second_face_id(apps, photo(faces, person, 1))
+    bound = await apps.gateway.put(f"/v1/faces/{gone}/member", json={"member_id": "M-2"})
+    assert bound.status_code == 200, bound.text
+    r = await apps.gateway.post(f"/v1/faces/{keep}/merge", json={"other": gone})
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["code"] == "member_taken"
+    seen = await recognize(apps, "store-c", photo(faces, person, 1))
+    assert seen["face_id"] == gone and seen["member"]["member_id"] == "M-2"
+    seen = await recognize(apps, "store-a", photo(faces, person, 1))
+    assert seen["face_id"] == keep and seen["member"]["member_id"] == "M-1"
+    # unbound, the merge goes through and the kept FaceId's member stays
+    assert (await apps.gateway.delete(f"/v1/faces/{gone}/member")).status_code == 200
+    r = await apps.gateway.post(f"/v1/faces/{keep}/merge", json={"other": gone})
+    assert r.status_code == 200 and r.json()["member_id"] == "M-1", r.text
+
+
+async def _today(apps: InProcess, store: str) -> dict:
+    r = await apps.gateway.get(f"/v1/stores/{store}/stats")
+    assert r.status_code == 200, r.text
+    return dict(r.json()["days"][-1])
+
+
+@pytest.mark.anyio
+async def test_merge_carries_the_visit_history(
+    apps: InProcess, faces: Path, redis_server: RedisServer
+) -> None:
+    """After a merge the person's visits read as one person's: inside the dedupe window of
+    the ended FaceId's last visit a sighting is `deduped`, after it `returning` (its first
+    sighting at that store passed over), never a second `new` visitor."""
+    person = "Rebekah_Chantay_Revels"
+    keep = (await enroll(apps, "store-a", photo(faces, person, 1))).json()["face_id"]
+    gone = await _second_face_id(apps, photo(faces, person, 1))
+    first = await recognize(apps, "store-c", photo(faces, person, 1))
+    assert (first["face_id"], first["visit"]) == (gone, "new")
+    assert (await recognize(apps, "store-a", photo(faces, person, 1)))["visit"] == "new"
+    r = await apps.gateway.post(f"/v1/faces/{keep}/merge", json={"other": gone})
+    assert r.status_code == 200, r.text
+    seen = await recognize(apps, "store-c", photo(faces, person, 1))
+    assert (seen["face_id"], seen["visit"]) == (keep, "deduped")
+    # the dedupe window passes (its key expires)
+    redis_lib.Redis(port=redis_server.port).delete(f"seen:store-c:{keep}")
+    seen = await recognize(apps, "store-c", photo(faces, person, 1))
+    assert (seen["face_id"], seen["visit"]) == (keep, "returning")
+    today = await _today(apps, "store-c")
+    assert (today["pv"], today["new"]) == (2, 1)
+    # nothing of the ended FaceId is left to count or to forget
+    raw = redis_lib.Redis(port=redis_server.port)
+    assert raw.hget("store:store-c:first_seen", str(gone)) is None
+    assert not raw.exists(f"face:{gone}:visited", f"seen:store-c:{gone}")
+    assert raw.sismember(f"face:{keep}:visited", "store-c")
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_ingest_everywhere_joins_a_face_of_another_store(
+    apps: InProcess, faces: Path, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """`python -m shard_node ingest --everywhere`: a person another group's store already
+    saw joins that FaceId; without the option, the store's own faces only."""
+    visitor = await recognize(apps, "store-c", photo(faces, "Juanes", 1))
+    folder = tmp_path / "gallery"
+    for person in ("Juanes", "Mary_Carey"):
+        (folder / person).mkdir(parents=True)
+        name = f"{person}_0002.jpg"
+        (folder / person / name).symlink_to(faces / "lfw_dev" / person / name)
+
+    def ingest(store: str, *flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "shard_node",
+                "ingest",
+                str(folder),
+                "--store",
+                store,
+                "--workers",
+                "1",
+                *flags,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "STOREFACE_REDIS_URL": redis_server.url,
+                "STOREFACE_STORES_FILE": str(tmp_path / "stores.yaml"),
+            },
+        )
+
+    done = await anyio.to_thread.run_sync(ingest, "store-b", "--everywhere")
+    assert done.returncode == 0, done.stderr
+    assert f"Juanes: already known as FaceId {visitor['face_id']} in store-c" in done.stdout
+    assert "1 people already known" in done.stdout
+    seen = await recognize(apps, "store-b", photo(faces, "Juanes", 1))
+    assert (seen["face_id"], seen["matched_store"], seen["label"]) == (
+        visitor["face_id"],
+        "store-b",
+        "Juanes",
+    )
+    alone = await anyio.to_thread.run_sync(ingest, "store-a")
+    assert alone.returncode == 0, alone.stderr
+    assert "0 people already known" in alone.stdout
+    assert "already known as FaceId" not in alone.stdout

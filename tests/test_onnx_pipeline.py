@@ -14,10 +14,11 @@ from shard_node.faces.onnx_pipeline import (
     RECOGNIZER_MODEL,
     THRESHOLD,
     _similarity,
+    to_blob,
 )
 from shard_node.faces.registry import embedder_info, make_pipeline
 from storeface.distances import distances
-from storeface.errors import ModelMismatch, ModelMissing
+from storeface.errors import ConfigError, ModelMismatch, ModelMissing
 from storeface.paths import models_dir
 from tools.dataset import EmbeddedSet, embed_folder
 from tools.evaluation import Nearest, nearest, split
@@ -157,6 +158,23 @@ def test_missing_recognizer_names_its_path() -> None:
     with pytest.raises(ModelMissing) as err:
         make_pipeline("arcface", {"recognizer_model": "no_such_model.onnx"})
     assert str(models_dir().resolve() / "no_such_model.onnx") in str(err.value)
+
+
+def test_input_scaling_options_reach_the_recognizer(arcface: FacePipeline, faces: Path) -> None:
+    rgb = _rgb(faces / "lfw_dev/Barbra_Streisand/Barbra_Streisand_0001.jpg")
+    (det,) = arcface.detect(rgb)
+    default = make_pipeline("arcface", {"flip": False}).embed(rgb, [det])
+    same = make_pipeline("arcface", {"flip": False, "input_mean": 127.5, "input_std": 127.5})
+    raw = make_pipeline("arcface", {"flip": False, "input_mean": 0, "input_std": 1})
+    assert np.array_equal(same.embed(rgb, [det]), default)  # the default is [-1, 1]
+    # This model was trained on [-1, 1]: fed 0..255 it makes an unrelated vector.
+    assert float(distances(raw.embed(rgb, [det]), default, "cosine")[0, 0]) > 0.5
+    assert np.array_equal(
+        to_blob([np.full((112, 112, 3), 255, np.uint8)], 55.0, 100.0),
+        np.full((1, 3, 112, 112), 2.0),
+    )
+    with pytest.raises(ConfigError, match="input_std must be > 0"):
+        make_pipeline("arcface", {"input_std": 0})
 
 
 def test_wrong_dim_is_refused() -> None:

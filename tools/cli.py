@@ -32,10 +32,11 @@ from shard_node.faces.pool import FacePool, analyze_bytes
 from shard_node.faces.registry import embedder_info, make_pipeline
 from shard_node.gallery import photos_by_person
 from storeface.distances import distances
+from storeface.embedders import AUTO, recognizer_model, resolve_embedder
 from storeface.errors import ModelFetchFailed, NoFace, StorefaceError
 from storeface.images import ImageLimits
-from storeface.paths import DEFAULT_MODELS_DIR, ROOT
-from tools.fetch_models import DEFAULTS, fetch, relocate
+from storeface.paths import ROOT, models_dir
+from tools.fetch_models import DEFAULT_PACK, PACKS, fetch_all, relocate
 
 app = typer.Typer(
     add_completion=False,
@@ -539,8 +540,9 @@ class EnrollReport:
     added: int = 0
     duplicate: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    # people the chain already knew: their first photo joined an existing FaceId
-    known: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # people the store (or chain) already knew: their first photo joined an existing
+    # FaceId → (FaceId, distance, the store it was found in)
+    known: dict[str, tuple[int, float, str]] = field(default_factory=dict)
 
     def summary(self) -> str:
         return (
@@ -550,15 +552,23 @@ class EnrollReport:
 
 
 def enroll_person(
-    client: httpx.Client, store: str, person: str, photos: list[Path], report: EnrollReport
+    client: httpx.Client,
+    store: str,
+    person: str,
+    photos: list[Path],
+    report: EnrollReport,
+    everywhere: bool = False,
 ) -> None:
-    """Enroll one person's photos: the first accepted photo makes (or finds) the FaceId, the
-    others join it; the folder says they are one person, so they are filed with force."""
+    """Enroll one person's photos: the first accepted photo makes (or finds, in the store or
+    with `everywhere` in the chain) the FaceId, the others join it; the folder says they are
+    one person, so they are filed with force."""
     face_id: int | None = None
     for photo in photos:
         data = {"label": person}
         if face_id is not None:
             data |= {"face_id": str(face_id), "force": "true"}
+        elif everywhere:
+            data["everywhere"] = "true"
         try:
             resp = client.post(
                 f"/v1/stores/{store}/faces", files={"image": _upload(photo)}, data=data
@@ -572,7 +582,8 @@ def enroll_person(
             raise GatewayError(_error_text(resp))
         body = resp.json()
         if face_id is None and not body.get("created", True) and body.get("distance") is not None:
-            report.known[person] = (int(body["face_id"]), float(body["distance"]))
+            found_in = str(body.get("matched_store") or store)
+            report.known[person] = (int(body["face_id"]), float(body["distance"]), found_in)
         face_id = int(body["face_id"])
         report.people[person] = face_id
         report.duplicate += bool(body.get("duplicate"))
@@ -583,6 +594,13 @@ def enroll_person(
 def enroll(
     folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="<person>/<photo>")],
     store: Annotated[str, typer.Option(help="store id")],
+    everywhere: Annotated[
+        bool,
+        typer.Option(
+            help="look for each person in every store of the chain that runs the same "
+            "embedder (default: this store only): one FaceId per person chain-wide"
+        ),
+    ] = False,
     url: UrlOpt = DEFAULT_URL,
     api_key: ApiKeyOpt = None,
 ) -> None:
@@ -593,11 +611,12 @@ def enroll(
     with _gateway(url, api_key) as client, Progress() as progress:
         task = progress.add_task(f"enrolling into {store}", total=len(people))
         for person, photos in people.items():
-            enroll_person(client, store, person, photos, report)
+            enroll_person(client, store, person, photos, report, everywhere)
             progress.advance(task)
     typer.echo(report.summary())
-    for person, (fid, dist) in sorted(report.known.items()):
-        typer.echo(f"  {person}: already known as FaceId {fid} (distance {dist:.3f})")
+    for person, (fid, dist, found_in) in sorted(report.known.items()):
+        where = "" if found_in == store else f" in {found_in}"
+        typer.echo(f"  {person}: already known as FaceId {fid}{where} (distance {dist:.3f})")
     for path, why in report.skipped:
         typer.echo(f"  skipped {path}: {why}")
     if not report.people:
@@ -698,31 +717,55 @@ def retention_sweep(
         typer.echo(f"erased {done['erased']} FaceIds ({done['scanned']} visitors looked at)")
 
 
-@app.command("fetch-models")
+@app.command(
+    "fetch-models",
+    epilog="Exit status: 0 all files in place, 1 a download failed or did not match its "
+    "pinned size or sha256 (nothing is written then), 2 a usage error.",
+)
 def fetch_models(
     dest: Annotated[
-        Path, typer.Option(help="where the files go (default: $STOREFACE_MODELS_DIR)")
-    ] = DEFAULT_MODELS_DIR,
-    base_url: Annotated[
-        str | None, typer.Option(help="a mirror holding the same file names")
+        Path | None,
+        typer.Option(
+            help="where the files go (default: $STOREFACE_MODELS_DIR, else ../shared/models)"
+        ),
+    ] = None,
+    pack: Annotated[
+        str,
+        typer.Option(
+            help="opencv: YuNet + SFace (MIT, Apache-2.0); insightface: YuNet + buffalo_s "
+            "w600k_mbf (non-commercial research only)"
+        ),
+    ] = DEFAULT_PACK,
+    mirror: Annotated[
+        str | None,
+        typer.Option(
+            "--mirror", "--base-url", help="a mirror holding the same file names (an http URL)"
+        ),
     ] = None,
 ) -> None:
-    """Download the default detector (YuNet) and an ArcFace-format recognizer (needs internet)."""
-
-    with httpx.Client(timeout=300) as client:
-        for model in DEFAULTS:
-            model = relocate(model, base_url)
-            try:
-                digest = fetch(model, dest, client)
-            except (httpx.HTTPError, ModelFetchFailed, OSError) as exc:
-                typer.echo(f"failed: {model.name}: {exc}", err=True)
-                raise typer.Exit(1) from exc
-            check = "verified" if model.sha256 else "not published; pin it"
-            typer.echo(f"{dest / model.name}  sha256 {digest} ({check})  licence: {model.licence}")
-    typer.echo(
-        "For w600k_mbf.onnx (512-d) set embedder_options: {recognizer_model: "
-        "w600k_mbf.onnx, dim: 512} and measure its threshold with bench.accuracy."
-    )
+    """Download a face detector and an ArcFace-format recognizer, pinned by sha256 (needs
+    internet or a mirror); the default embedder (`auto`) then runs arcface with them."""
+    if pack not in PACKS:
+        _fail(f"unknown pack {pack!r}; known: {', '.join(PACKS)}", 2)
+    dest = dest or models_dir()
+    models = tuple(relocate(m, mirror) for m in PACKS[pack])
+    try:
+        with httpx.Client(timeout=300) as client:
+            done = fetch_all(models, dest, client)
+    except (httpx.HTTPError, ModelFetchFailed) as exc:
+        _fail(f"{exc} (nothing written to {dest})")
+    except OSError as exc:
+        _fail(f"cannot write the models to {dest}: {exc}")
+    for model, digest in done:
+        source = f"from {model.url.rsplit('/', 1)[1]}, " if model.member else ""
+        typer.echo(
+            f"{dest / model.name}  sha256 {digest} ({source}verified)  licence: {model.licence}"
+        )
+    name, note = resolve_embedder(AUTO, {"models_dir": str(dest)})
+    recognizer = recognizer_model({"models_dir": str(dest)})
+    typer.echo(f"the default embedder (auto) with models_dir {dest} runs {name} with {recognizer}")
+    if note:
+        typer.echo(f"note: {note}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -15,7 +16,14 @@ import numpy as np
 
 from shard_node.faces.pool import analyze_in_worker, init_worker
 from shard_node.faces.registry import embedder_info
+from storeface.embedders import (
+    DETECTOR_MODEL,
+    embedder_identity,
+    recognizer_model,
+    resolve_embedder,
+)
 from storeface.images import ImageLimits
+from storeface.paths import models_dir
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -62,6 +70,29 @@ def _embed_one(path: str) -> tuple[np.ndarray | None, float]:
 PIPELINE_VERSION = {"arcface": 2}  # 2: flip TTA by default
 
 
+@functools.cache
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    """A short hash of a model file's content, made once per process for each version."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def model_files_key(options: dict[str, Any]) -> str:
+    """The arcface identity and the content of its model files: another models folder, or
+    another file under the same name, is not served embeddings cached for the first."""
+    root = Path(options.get("models_dir") or models_dir())
+    parts = [embedder_identity("arcface", options)]
+    for name in (str(options.get("detector_model", DETECTOR_MODEL)), recognizer_model(options)):
+        path = (root / name).resolve()
+        if path.is_file():  # else the pipeline says it is missing
+            st = path.stat()
+            parts.append(f"{path.name}:{_file_digest(path, st.st_size, st.st_mtime_ns)}")
+    return "|".join(parts)
+
+
 def embed_folder(
     folder: Path,
     embedder: str = "dlib",
@@ -72,10 +103,13 @@ def embed_folder(
     """Embed every photo of a folder through the real pipeline, cached by content."""
     options = dict(options or {})
     info = embedder_info(embedder, options)
+    embedder = resolve_embedder(embedder, options)[0]
     photos = list_photos(folder)
     digest = hashlib.sha256(repr(sorted(options.items())).encode())
     if embedder in PIPELINE_VERSION:
         digest.update(f"v{PIPELINE_VERSION[embedder]}".encode())
+    if embedder == "arcface":  # dlib's models ship inside its wheel
+        digest.update(model_files_key(options).encode())
     for _, p in photos:
         digest.update(str(p.relative_to(folder)).encode())
         digest.update(str(p.stat().st_size).encode())

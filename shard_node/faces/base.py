@@ -26,6 +26,13 @@ class EmbedderInfo:
     threshold_note: str  # how the threshold was measured, with its error rates
     # Which landmarks are the image-left eye, the image-right eye and the nose (for yaw).
     eyes_nose: tuple[tuple[int, ...], tuple[int, ...], int] = ((0,), (1,), 2)
+    # The model that makes the vectors, which a store records (storeface.embedders
+    # embedder_identity): "arcface:<recognizer file>"; "" means the name says it all.
+    identity: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.identity:
+            object.__setattr__(self, "identity", self.name)
 
 
 @dataclass

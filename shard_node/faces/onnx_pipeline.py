@@ -15,11 +15,19 @@ import cv2
 import numpy as np
 
 from shard_node.faces.base import Detection, EmbedderInfo, iou
-from storeface.embedders import DETECTOR_MODEL, RECOGNIZER_MODEL
-from storeface.errors import ModelMismatch, ModelMissing
+from storeface.embedders import (
+    DETECTOR_MODEL,
+    RECOGNIZER_MODEL,
+    SFACE_MODEL,
+    W600K_MBF_MODEL,
+    arcface_identity,
+    recognizer_model,
+)
+from storeface.errors import ConfigError, ModelMismatch, ModelMissing
 from storeface.paths import models_dir
 
 DEFAULT_DIM = 128
+DEFAULT_MEAN = DEFAULT_STD = 127.5  # InsightFace's convention: pixels to [-1, 1]
 DEFAULT_DET_SCORE = 0.6
 INPUT_SIZE = 112
 MIRROR_IOU = 0.4  # the face found again in its mirror image overlaps its mirrored box this much
@@ -50,6 +58,66 @@ THRESHOLD_NOTE = (
 
 
 @dataclass(frozen=True)
+class RecognizerProfile:
+    """What a recognizer file needs that its weights do not say: input scaling, the size of
+    its embeddings (for the index, before any weights load) and its threshold."""
+
+    dim: int
+    input_mean: float
+    input_std: float
+    threshold: float
+    threshold_note: str
+
+
+def _unmeasured(name: str, why: str) -> str:
+    return (
+        f"{why}; not measured for {name} with this pipeline (flip TTA on): measure it with "
+        f"`STOREFACE_MODELS_DIR=<its folder> python -m bench.accuracy --embedder arcface` "
+        "and set the store's `threshold:`"
+    )
+
+
+# Known recognizers by file name; any other ArcFace-format file takes the InsightFace
+# scaling and the measured 0.56, with a note that it was measured for another model.
+PROFILES = {
+    RECOGNIZER_MODEL: RecognizerProfile(
+        DEFAULT_DIM, DEFAULT_MEAN, DEFAULT_STD, THRESHOLD, THRESHOLD_NOTE
+    ),
+    # OpenCV's FaceRecognizerSF feeds SFace blobFromImage(face, 1.0, mean 0, swapRB): RGB
+    # 0..255, unscaled. 0.637 = 1 - its published cosine-similarity threshold 0.363.
+    SFACE_MODEL: RecognizerProfile(
+        128,
+        0.0,
+        1.0,
+        0.637,
+        _unmeasured(
+            SFACE_MODEL,
+            "cosine distance 0.637: OpenCV's published threshold (0.363 "
+            "cosine similarity, FaceRecognizerSF, one view per face)",
+        ),
+    ),
+    W600K_MBF_MODEL: RecognizerProfile(
+        512,
+        DEFAULT_MEAN,
+        DEFAULT_STD,
+        THRESHOLD,
+        _unmeasured(W600K_MBF_MODEL, f"cosine distance {THRESHOLD}, {RECOGNIZER_MODEL}'s"),
+    ),
+}
+
+
+def profile(recognizer: str) -> RecognizerProfile:
+    """The known profile of a recognizer file (by its name), else the generic one."""
+    known = PROFILES.get(Path(recognizer).name)
+    if known is not None:
+        return known
+    note = f"cosine distance {THRESHOLD}, measured for {RECOGNIZER_MODEL}"
+    return RecognizerProfile(
+        DEFAULT_DIM, DEFAULT_MEAN, DEFAULT_STD, THRESHOLD, _unmeasured(recognizer, note)
+    )
+
+
+@dataclass(frozen=True)
 class OnnxOptions:
     """Where the models are and how the pipeline uses them (the `embedder_options` of a store)."""
 
@@ -57,18 +125,26 @@ class OnnxOptions:
     detector_model: str = DETECTOR_MODEL
     recognizer_model: str = RECOGNIZER_MODEL
     dim: int = DEFAULT_DIM
+    # The recognizer's input is (RGB pixel - input_mean) / input_std.
+    input_mean: float = DEFAULT_MEAN
+    input_std: float = DEFAULT_STD
     det_score: float = DEFAULT_DET_SCORE
     # Embed the aligned face and its mirror, summed: docs/benchmarks.md, "Flip TTA".
     flip: bool = True
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> OnnxOptions:
-        """Options as stores.yaml gives them; unset ones take the defaults."""
+        """Options as stores.yaml gives them; unset ones take the defaults, and those of the
+        recognizer's profile (no `recognizer_model`: the first known one present)."""
+        recognizer = recognizer_model(options)
+        known = profile(recognizer)
         return cls(
             models_dir=Path(options.get("models_dir") or models_dir()),
             detector_model=str(options.get("detector_model", DETECTOR_MODEL)),
-            recognizer_model=str(options.get("recognizer_model", RECOGNIZER_MODEL)),
-            dim=int(options.get("dim", DEFAULT_DIM)),
+            recognizer_model=recognizer,
+            dim=int(options.get("dim", known.dim)),
+            input_mean=float(options.get("input_mean", known.input_mean)),
+            input_std=float(options.get("input_std", known.input_std)),
             det_score=float(options.get("det_score", DEFAULT_DET_SCORE)),
             flip=bool(options.get("flip", True)),
         )
@@ -96,14 +172,14 @@ def require_model(path: Path) -> Path:
 
 def arcface_info(options: OnnxOptions) -> EmbedderInfo:
     """What the index needs to know, from the options alone (no weights are loaded)."""
-    note = THRESHOLD_NOTE
-    if options.recognizer_model != RECOGNIZER_MODEL:
-        note = (
-            f"measured for {RECOGNIZER_MODEL}, not for {options.recognizer_model}; measure "
-            f"yours with `python -m shard_node.faces.onnx_pipeline`. {note}"
-        )
+    known = profile(options.recognizer_model)
     return EmbedderInfo(
-        name="arcface", dim=options.dim, metric="cosine", threshold=THRESHOLD, threshold_note=note
+        name="arcface",
+        dim=options.dim,
+        metric="cosine",
+        threshold=known.threshold,
+        threshold_note=known.threshold_note,
+        identity=arcface_identity(options.recognizer_model),
     )
 
 
@@ -147,9 +223,11 @@ def landmarks_of(det: Detection) -> np.ndarray:
     return (ARCFACE_TEMPLATE / INPUT_SIZE * [det.w, det.h] + [det.x, det.y]).astype(np.float32)
 
 
-def to_blob(crops: list[np.ndarray]) -> np.ndarray:
-    """RGB uint8 crops to an N×3×112×112 float32 batch scaled to [-1, 1]."""
-    batch = (np.stack(crops).astype(np.float32) - 127.5) / 127.5
+def to_blob(
+    crops: list[np.ndarray], mean: float = DEFAULT_MEAN, std: float = DEFAULT_STD
+) -> np.ndarray:
+    """RGB uint8 crops to an N×3×112×112 float32 batch of (pixel - mean) / std."""
+    batch = (np.stack(crops).astype(np.float32) - mean) / std
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
 
@@ -170,8 +248,13 @@ class ArcFacePipeline:
         with _opencv_quiet():
             self._detector = cv2.FaceDetectorYN.create(detector, "", (320, 320), options.det_score)
         self._input_size = (320, 320)
+        if not options.input_std > 0:
+            raise ConfigError(f"the embedder's input_std must be > 0, not {options.input_std}")
+        self._mean, self._std = options.input_mean, options.input_std
         self._net = cv2.dnn.readNetFromONNX(str(recognizer))
+        self._batched = True
         dim = self._forward(np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32)).shape[1]
+        self._batched = self._takes_batches()
         if dim != options.dim:
             raise ModelMismatch(
                 f"{recognizer} makes {dim}-d embeddings but the embedder's dim option is "
@@ -205,9 +288,9 @@ class ArcFacePipeline:
             return np.zeros((0, self.info.dim), dtype=np.float32)
         crops = [align(rgb, landmarks_of(d)) for d in detections]
         if not self._flip:
-            return l2_normalize(self._forward(to_blob(crops)))
+            return l2_normalize(self._forward(self._blob(crops)))
         crops += [self._mirrored(rgb, d) for d in detections]
-        both = l2_normalize(self._forward(to_blob(crops)))
+        both = l2_normalize(self._forward(self._blob(crops)))
         n = len(detections)
         return l2_normalize(both[:n] + both[n:])
 
@@ -226,7 +309,27 @@ class ArcFacePipeline:
             return align(rgb, landmarks_of(det))[:, ::-1]
         return align(region, landmarks_of(max(found, key=lambda d: iou(d, mirror))))
 
+    def _blob(self, crops: list[np.ndarray]) -> np.ndarray:
+        return to_blob(crops, self._mean, self._std)
+
+    def _takes_batches(self) -> bool:
+        """Whether the model embeds a batch as it embeds each face: an export with its batch
+        size fixed at 1 (OpenCV's own SFace wrapper feeds one face) may not, and then
+        gets one face per forward pass."""
+        rng = np.random.default_rng(0)
+        probe = rng.uniform(-1, 1, (2, 3, INPUT_SIZE, INPUT_SIZE)).astype(np.float32)
+        try:
+            both = self._forward(probe)
+        except cv2.error:
+            return False
+        one = [self._forward(probe[i : i + 1])[0] for i in range(2)]
+        return both.shape == (2, len(one[0])) and bool(
+            np.allclose(l2_normalize(both), l2_normalize(np.stack(one)), atol=1e-4)
+        )
+
     def _forward(self, blob: np.ndarray) -> np.ndarray:
+        if not self._batched and len(blob) > 1:
+            return np.vstack([self._forward(blob[i : i + 1]) for i in range(len(blob))])
         self._net.setInput(blob)
         out = np.asarray(self._net.forward(), dtype=np.float32)
         return out.reshape(out.shape[0], -1)
