@@ -18,6 +18,7 @@ from shard_node.gallery import (
     IngestReport,
     chain_indexes,
     ingest_folder,
+    ingest_threshold,
     load_index,
     photos_by_person,
 )
@@ -89,15 +90,14 @@ def ingest(
 
     async def run() -> IngestReport:
         async with open_runtime(settings, group, workers=workers or None) as rt:
-            recorded = await rt.db.claim_embedder(cfg.id, rt.info.identity)
+            recorded = await rt.db.claim_embedder(cfg.id, rt.info.identity, cfg.embedder_options)
             if recorded != rt.info.identity:
                 _fail(f"store {cfg.id} holds {recorded} embeddings, not {rt.info.identity}", 2)
             # The store's faces as they are now, so a person it already knows keeps one FaceId.
             index = await load_index(rt.db, rt.info, cfg.id)
             others: dict[str, StoreIndex] = {}
             if everywhere:
-                chain = [s.id for s in stores.compatible(cfg)]
-                others, left_out = await chain_indexes(rt.db, rt.info, chain)
+                others, left_out = await chain_indexes(rt.db, rt.info, stores.compatible(cfg))
                 for sid in left_out:
                     typer.echo(f"not searched: {sid} holds another embedder's faces", err=True)
 
@@ -116,7 +116,7 @@ def ingest(
                     min_size=cfg.min_face_size,
                     progress=lambda n: progress.advance(task, n),
                     index=index,
-                    threshold=cfg.threshold or rt.info.threshold,
+                    threshold=ingest_threshold(rt.info, cfg, [index, *others.values()]),
                     on_added=added,
                     others=others,
                 )

@@ -14,8 +14,10 @@ from shard_node.faces.base import EmbedderInfo, Face, enrollable_face
 from shard_node.faces.pool import FacePool
 from shard_node.index import StoreIndex
 from storeface.embedders import same_model
-from storeface.errors import StorefaceError
-from storeface.facedb import FaceDB
+from storeface.errors import FaceNotFound, StorefaceError
+from storeface.facedb import AddResult, FaceDB
+from storeface.matching import size_rule_for
+from storeface.stores import StoreConfig
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -115,28 +117,23 @@ async def ingest_folder(
             return
         async with person_locks[person]:  # the person's first photo makes the FaceId
             face_id = await db.gallery_face(store_id, person)
+            known = None
             if face_id is None and person not in report.known:
                 known = await _known_face(db, searched, face.embedding, threshold or info.threshold)
-                if known is not None:
-                    report.known[person] = known
-                    face_id = known[0]
-                    await db.set_gallery_face(store_id, person, face_id)
-                    await db.label_if_unlabelled(face_id, person)
+                face_id = known[0] if known is not None else None
             created = face_id is None
             if face_id is None:
                 face_id = await db.new_face_id()
-            result = await db.add_vector(
-                store_id,
-                face_id,
-                face.embedding,
-                embedder=info.name,
-                kind="gallery",
-                label=person,
-                photo_sha=sha,
-                create=created,
-            )
-            if created:
-                await db.set_gallery_face(store_id, person, face_id)
+            try:
+                result = await _file_photo(
+                    db, store_id, info, person, face_id, face.embedding, sha, created, known
+                )
+            except FaceNotFound as exc:  # erased meanwhile: listed; a later photo starts anew
+                await db.forget_gallery_face(store_id, person, face_id)
+                report.skipped.append((str(path), exc.code))
+                return
+            if known is not None:
+                report.known[person] = known
         if result.duplicate:
             report.already += 1
             return
@@ -147,6 +144,38 @@ async def ingest_folder(
 
     await asyncio.gather(*(one(person, p) for person, ps in people.items() for p in ps))
     return report
+
+
+async def _file_photo(
+    db: FaceDB,
+    store_id: str,
+    info: EmbedderInfo,
+    person: str,
+    face_id: int,
+    embedding: np.ndarray,
+    sha: str,
+    created: bool,
+    known: tuple[int, float, str] | None,
+) -> AddResult:
+    """Add a photo's vector under `face_id` (made here where `created`), then file the
+    person's FaceId in the gallery where this photo made or found it, and name a found one.
+    Only once the vector is in: an erase that lands first makes add_vector refuse
+    (FaceNotFound), and neither step recreates an erased FaceId."""
+    result = await db.add_vector(
+        store_id,
+        face_id,
+        embedding,
+        embedder=info.name,
+        kind="gallery",
+        label=person,
+        photo_sha=sha,
+        create=created,
+    )
+    if (known is not None or created) and not await db.set_gallery_face(store_id, person, face_id):
+        raise FaceNotFound(face_id=face_id)
+    if known is not None:
+        await db.label_if_unlabelled(face_id, person)
+    return result
 
 
 async def _enrollable(
@@ -187,17 +216,24 @@ async def load_index(db: FaceDB, info: EmbedderInfo, store_id: str) -> StoreInde
 
 
 async def chain_indexes(
-    db: FaceDB, info: EmbedderInfo, store_ids: list[str]
+    db: FaceDB, info: EmbedderInfo, stores: list[StoreConfig]
 ) -> tuple[dict[str, StoreIndex], list[str]]:
     """The indexes of the stores whose recorded embedder is `info`'s, read from Redis (the
     whole of each store: memory and time grow with the chain), and the stores left out."""
     indexes: dict[str, StoreIndex] = {}
     left_out = []
-    for sid in store_ids:
-        recorded = await db.redis.hget(f"store:{sid}:meta", "embedder")
+    for store in stores:
+        recorded = await db.redis.hget(f"store:{store.id}:meta", "embedder")
         held = recorded.decode() if isinstance(recorded, bytes) else str(recorded or "")
-        if held and same_model(held, info.identity):
-            indexes[sid] = await load_index(db, info, sid)
+        if held and same_model(held, info.identity, store.embedder_options):
+            indexes[store.id] = await load_index(db, info, store.id)
         elif held:
-            left_out.append(sid)  # another model: its distances mean nothing here
+            left_out.append(store.id)  # another model: its distances mean nothing here
     return indexes, left_out
+
+
+def ingest_threshold(info: EmbedderInfo, store: StoreConfig, searched: list[StoreIndex]) -> float:
+    """The match threshold of an ingest's search: the store's size rule over every face it
+    searches (its own and, with the chain's, theirs), as the gateway's fan-out does."""
+    rule = size_rule_for(info.name, store.threshold or info.threshold, store.threshold_per_decade)
+    return rule.threshold(sum(index.face_count for index in searched))

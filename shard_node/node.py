@@ -217,7 +217,9 @@ class Node:
         while True:
             try:
                 # Photos are not kept: a store's faces cannot be re-embedded by another model.
-                recorded = await self.db.claim_embedder(store.id, self.info.identity)
+                recorded = await self.db.claim_embedder(
+                    store.id, self.info.identity, store.embedder_options
+                )
                 if recorded != self.info.identity:
                     st.refused = (
                         f"store {store.id} holds {recorded} embeddings; "

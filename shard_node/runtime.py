@@ -17,7 +17,13 @@ from shard_node.faces.base import EmbedderInfo
 from shard_node.faces.pool import FacePool
 from shard_node.faces.registry import AUTO, embedder_info, resolve_embedder
 from shard_node.settings import ShardSettings
-from storeface.embedders import embedder_identity, parse_identity, same_model
+from storeface.embedders import (
+    LEGACY_ARCFACE,
+    embedder_identity,
+    legacy_identity,
+    parse_identity,
+    same_model,
+)
 from storeface.errors import ConfigError
 from storeface.facedb import FaceDB
 from storeface.images import ImageLimits
@@ -73,7 +79,10 @@ async def chosen_embedder(
     except Exception:  # Redis not up yet: each store's claim still refuses a mismatch
         log.warning("node %s: could not read its stores' embedders", group.id, exc_info=True)
         return name, options, note
+    # A legacy "arcface" record stands for one model only: the group runs that, or refuses.
+    legacy = legacy_identity(group.embedder_options)
     built = {v.decode() if isinstance(v, bytes) else str(v) for v in values if v}
+    built = {legacy if v == LEGACY_ARCFACE else v for v in built}
     if len(built) != 1:
         return name, options, note
     held = built.pop()

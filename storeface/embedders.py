@@ -18,9 +18,9 @@ W600K_MBF_MODEL = "w600k_mbf.onnx"  # InsightFace buffalo_s, non-commercial
 KNOWN_RECOGNIZERS = (RECOGNIZER_MODEL, SFACE_MODEL, W600K_MBF_MODEL)
 
 
-# What a store recorded as its embedder before stores named their arcface recognizer: such a
-# store is taken to have been built with the recognizer its group runs now (until then
-# arcface_mobilefacenet_128.onnx was the only one shipped); its record is upgraded once.
+# What a store recorded as its embedder before stores named their arcface recognizer: then
+# arcface ran the `recognizer_model` its group named, else arcface_mobilefacenet_128.onnx
+# (legacy_identity); such a record stands for that model only, and is upgraded to it once.
 LEGACY_ARCFACE = "arcface"
 
 
@@ -45,11 +45,18 @@ def parse_identity(identity: str) -> tuple[str, dict[str, Any]]:
     return name, ({"recognizer_model": recognizer} if recognizer else {})
 
 
-def same_model(recorded: str, identity: str) -> bool:
-    """Whether a store recorded as `recorded` may be served by an embedder of `identity`."""
-    return recorded == identity or (
-        recorded == LEGACY_ARCFACE and identity.startswith(f"{LEGACY_ARCFACE}:")
-    )
+def legacy_identity(options: dict[str, Any] | None = None) -> str:
+    """The one model a store recorded as plain "arcface" can have been built with, given its
+    group's embedder options: the recognizer they name, else the only default there was."""
+    return arcface_identity(str((options or {}).get("recognizer_model") or RECOGNIZER_MODEL))
+
+
+def same_model(recorded: str, identity: str, options: dict[str, Any] | None = None) -> bool:
+    """Whether a store recorded as `recorded` may be served by an embedder of `identity`;
+    `options` (its group's embedder options) say what a legacy "arcface" record stands for."""
+    if recorded == LEGACY_ARCFACE:
+        recorded = legacy_identity(options)
+    return recorded == identity
 
 
 def configured_model(name: str, options: dict[str, Any] | None = None) -> str | None:

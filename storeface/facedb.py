@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from redis.asyncio import Redis
 
-from storeface.embedders import LEGACY_ARCFACE
+from storeface.embedders import LEGACY_ARCFACE, legacy_identity, same_model
 from storeface.errors import FaceNotFound, MemberNotBound, MemberTaken
 
 FEED_MAXLEN = 1_000_000
@@ -62,18 +62,43 @@ return {vid, gen, id, ARGV[1]}
 """
 
 _CLAIM_EMBEDDER = """
--- KEYS: store:{sid}:meta. ARGV: identity, legacy value, legacy prefix.
+-- KEYS: store:{sid}:meta. ARGV: identity, legacy value, the one identity it stands for.
 -- Returns {recorded, the legacy value it replaced or ''}.
 local held = redis.call('HGET', KEYS[1], 'embedder')
 if not held then
   redis.call('HSET', KEYS[1], 'embedder', ARGV[1])
   return {ARGV[1], ''}
 end
-if held == ARGV[2] and string.sub(ARGV[1], 1, #ARGV[3]) == ARGV[3] then
+if held == ARGV[2] and ARGV[1] == ARGV[3] then
   redis.call('HSET', KEYS[1], 'embedder', ARGV[1])
   return {ARGV[1], held}
 end
 return {held, ''}
+"""
+
+_LABEL_IF_UNLABELLED = """
+-- KEYS: face:{fid}   ARGV: label. Never creates the record: an erased face stays erased.
+if redis.call('EXISTS', KEYS[1]) == 1 and (redis.call('HGET', KEYS[1], 'label') or '') == '' then
+  redis.call('HSET', KEYS[1], 'label', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+_SET_GALLERY_FACE = """
+-- KEYS: face:{fid}, store:{sid}:gallery, face:{fid}:gallery   ARGV: label, fid, sid.
+-- Only while the face exists; face:{fid}:gallery lists the names it is filed under
+-- ("sid:name"), so erase and merge find every one, whatever the face's label says.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3] .. ':' .. ARGV[1])
+return 1
+"""
+
+_FORGET_GALLERY_FACE = """
+-- KEYS: store:{sid}:gallery   ARGV: label, fid
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
 """
 
 _ERASE_FACES = """
@@ -108,7 +133,13 @@ for i = 6, #ARGV, 2 do
       redis.call('XADD', 'store:' .. sid .. ':feed', 'MAXLEN', '~', ARGV[1], '*',
                  'op', 'remove', 'gen', gen, 'fid', fid)
     end
-    if f[3] and f[3] ~= '' then
+    for _, entry in ipairs(redis.call('SMEMBERS', face .. ':gallery')) do
+      local sid, name = string.match(entry, '^([^:]*):(.*)$')
+      if redis.call('HGET', 'store:' .. sid .. ':gallery', name) == fid then
+        redis.call('HDEL', 'store:' .. sid .. ':gallery', name)
+      end
+    end
+    if f[3] and f[3] ~= '' then  -- names filed before face:{fid}:gallery was kept
       for _, sid in ipairs(stores) do
         if redis.call('HGET', 'store:' .. sid .. ':gallery', f[3]) == fid then
           redis.call('HDEL', 'store:' .. sid .. ':gallery', f[3])
@@ -116,7 +147,8 @@ for i = 6, #ARGV, 2 do
       end
     end
     if f[2] and f[2] ~= '' then redis.call('DEL', 'member:' .. f[2]) end
-    redis.call('DEL', face, face .. ':vecs', face .. ':photos', face .. ':stores')
+    redis.call('DEL', face, face .. ':vecs', face .. ':photos', face .. ':stores',
+               face .. ':gallery')
     if existed == 1 then
       redis.call('XADD', 'audit:erase', 'MAXLEN', '~', ARGV[5], '*', 'ts', ARGV[4],
                  'actor', ARGV[2], 'face_id', fid, 'reason', ARGV[3],
@@ -197,6 +229,13 @@ for _, sid in ipairs(stores) do
     redis.call('HSET', 'store:' .. sid .. ':gallery', label, keep)
   end
 end
+for _, entry in ipairs(redis.call('SMEMBERS', 'face:' .. gone .. ':gallery')) do
+  local sid, name = string.match(entry, '^([^:]*):(.*)$')
+  if redis.call('HGET', 'store:' .. sid .. ':gallery', name) == gone then
+    redis.call('HSET', 'store:' .. sid .. ':gallery', name, keep)
+  end
+  redis.call('SADD', 'face:' .. keep .. ':gallery', entry)
+end
 if (redis.call('HGET', KEYS[1], 'label') or '') == '' and label ~= '' then
   redis.call('HSET', KEYS[1], 'label', label)
 end
@@ -211,7 +250,7 @@ if km == '' and gm ~= '' then
   redis.call('HSET', 'member:' .. gm, 'face_id', keep)
 end
 redis.call('DEL', KEYS[2], 'face:' .. gone .. ':vecs', 'face:' .. gone .. ':photos',
-           'face:' .. gone .. ':stores')
+           'face:' .. gone .. ':stores', 'face:' .. gone .. ':gallery')
 return stores
 """
 
@@ -322,6 +361,8 @@ class FaceDB:
         self._visitors = redis.register_script(_VISITORS)
         self._bind = redis.register_script(_BIND_MEMBER)
         self._merge = redis.register_script(_MERGE_FACES)
+        self._label = redis.register_script(_LABEL_IF_UNLABELLED)
+        self._gallery = redis.register_script(_SET_GALLERY_FACE)
 
     # --- ids -----------------------------------------------------------------------------
 
@@ -331,18 +372,21 @@ class FaceDB:
 
     # --- store meta ----------------------------------------------------------------------
 
-    async def claim_embedder(self, store_id: str, embedder: str) -> str:
+    async def claim_embedder(
+        self, store_id: str, embedder: str, options: dict[str, Any] | None = None
+    ) -> str:
         """Record the store's embedder identity (storeface.embedders.embedder_identity) on
-        first use; returns the one recorded. A legacy "arcface" record is upgraded once to
-        the arcface identity that claims it (see LEGACY_ARCFACE)."""
+        first use; returns the one recorded. A legacy "arcface" record is upgraded once, and
+        only to the one model it can stand for given the group's embedder `options`
+        (legacy_identity); any other identity finds it a mismatch."""
         key = f"store:{store_id}:meta"
         held, upgraded = await self.redis.eval(
-            _CLAIM_EMBEDDER, 1, key, embedder, LEGACY_ARCFACE, f"{LEGACY_ARCFACE}:"
+            _CLAIM_EMBEDDER, 1, key, embedder, LEGACY_ARCFACE, legacy_identity(options)
         )
         if _s(upgraded):
             log.warning(
-                "store %s: recorded embedder %r upgraded to %r (assumed built with the "
-                "recognizer it runs now, the only one shipped before stores named theirs)",
+                "store %s: recorded embedder %r upgraded to %r (the recognizer arcface ran "
+                "by default, or the one its group names, before stores recorded theirs)",
                 store_id,
                 _s(upgraded),
                 _s(held),
@@ -420,8 +464,16 @@ class FaceDB:
             capped=int(vid) == 0 and _s(feed_id) == "capped",
         )
 
-    async def face_vectors(self, face_id: int, embedder: str) -> np.ndarray | None:
-        """Every stored vector of a face made by `embedder` (any store); None: no such face."""
+    async def face_vectors(
+        self,
+        face_id: int,
+        embedder: str,
+        store_options: dict[str, dict[str, Any]] | None = None,
+    ) -> np.ndarray | None:
+        """Every stored vector of a face made by `embedder` (any store); None: no such face.
+        `store_options` (store id → its group's embedder options) say what a store still
+        recorded as legacy "arcface" holds; a store not in it named no recognizer."""
+        options = store_options or {}
         if not await self.redis.exists(f"face:{face_id}"):
             return None
         entries = [_s(e).rsplit(":", 1) for e in await self.redis.smembers(f"face:{face_id}:vecs")]
@@ -432,7 +484,11 @@ class FaceDB:
             made_by = dict(
                 zip(stores, [_s(e) if e else "" for e in await pipe.execute()], strict=True)
             )
-        wanted = [(sid, vid) for sid, vid in entries if made_by.get(sid) == embedder]
+        wanted = [
+            (sid, vid)
+            for sid, vid in entries
+            if same_model(made_by.get(sid, ""), embedder, options.get(sid))
+        ]
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid, vid in wanted:
                 pipe.hget(f"store:{sid}:vec", vid)
@@ -467,13 +523,20 @@ class FaceDB:
         raw = await self.redis.hget(f"store:{store_id}:gallery", label)
         return int(raw) if raw else None
 
-    async def label_if_unlabelled(self, face_id: int, label: str) -> None:
-        """Name a face that has no label yet (a visitor found to be a gallery person)."""
-        if not await self.redis.hget(f"face:{face_id}", "label"):
-            await self.redis.hset(f"face:{face_id}", "label", label)
+    async def label_if_unlabelled(self, face_id: int, label: str) -> bool:
+        """Name a face that exists and has no label yet (a visitor found to be a gallery
+        person), in one step; False where it was erased or is named already."""
+        return bool(await self._label(keys=[f"face:{face_id}"], args=[label]))
 
-    async def set_gallery_face(self, store_id: str, label: str, face_id: int) -> None:
-        await self.redis.hset(f"store:{store_id}:gallery", label, face_id)
+    async def set_gallery_face(self, store_id: str, label: str, face_id: int) -> bool:
+        """File a gallery folder's person under a FaceId; False (nothing filed) where the
+        face was erased meanwhile."""
+        keys = [f"face:{face_id}", f"store:{store_id}:gallery", f"face:{face_id}:gallery"]
+        return bool(await self._gallery(keys=keys, args=[label, face_id, store_id]))
+
+    async def forget_gallery_face(self, store_id: str, label: str, face_id: int) -> None:
+        """Drop a gallery person's entry while it still names `face_id` (found erased)."""
+        await self.redis.eval(_FORGET_GALLERY_FACE, 1, f"store:{store_id}:gallery", label, face_id)
 
     # --- feed ----------------------------------------------------------------------------
 

@@ -37,8 +37,10 @@ from storeface.embedders import (
     W600K_MBF_MODEL,
     configured_model,
     embedder_identity,
+    legacy_identity,
     may_match,
     resolve_embedder,
+    same_model,
 )
 from storeface.facedb import FaceDB
 from storeface.paths import models_dir
@@ -266,11 +268,21 @@ async def test_a_claim_records_the_identity_and_upgrades_a_legacy_record_once(
         assert await db.claim_embedder("new", MBF) == MBF
         assert await db.claim_embedder("new", SFACE) == MBF  # the first claim stays
         await r.hset("store:old:meta", "embedder", LEGACY_ARCFACE)
+        # Plain "arcface" was the default recognizer's: any other model finds a mismatch.
+        assert await db.claim_embedder("old", SFACE) == LEGACY_ARCFACE
+        assert await db.claim_embedder("old", SFACE, {"recognizer_model": RECOGNIZER_MODEL}) == (
+            LEGACY_ARCFACE
+        )
         with caplog.at_level(logging.WARNING, "storeface.facedb"):
-            assert await db.claim_embedder("old", SFACE) == SFACE
+            assert await db.claim_embedder("old", MBF) == MBF
         assert "upgraded" in caplog.text and "old" in caplog.text
-        assert await r.hget("store:old:meta", "embedder") == SFACE.encode()
-        assert await db.claim_embedder("old", MBF) == SFACE  # once: now a real mismatch
+        assert await r.hget("store:old:meta", "embedder") == MBF.encode()
+        assert await db.claim_embedder("old", SFACE) == MBF  # once: now a real mismatch
+        # A group that named its recognizer built its legacy stores with that one.
+        await r.hset("store:named:meta", "embedder", LEGACY_ARCFACE)
+        sface = {"recognizer_model": SFACE_MODEL, "models_dir": "/anywhere"}
+        assert await db.claim_embedder("named", MBF, sface) == LEGACY_ARCFACE
+        assert await db.claim_embedder("named", SFACE, sface) == SFACE
         await r.hset("store:legacy-dlib:meta", "embedder", LEGACY_ARCFACE)
         assert await db.claim_embedder("legacy-dlib", "dlib") == LEGACY_ARCFACE
         await r.hset("store:built-dlib:meta", "embedder", "dlib")
@@ -311,14 +323,61 @@ async def test_a_store_built_with_another_recognizer_is_refused_never_switched(
     assert r.hget("store:s1:meta", "embedder") == SFACE.encode()
 
 
+def test_a_legacy_record_stands_for_one_model_only() -> None:
+    assert same_model(LEGACY_ARCFACE, MBF) and same_model(MBF, MBF)
+    assert not same_model(LEGACY_ARCFACE, SFACE) and not same_model(MBF, SFACE)
+    assert not same_model(LEGACY_ARCFACE, "dlib")
+    named = {"recognizer_model": str(models_dir() / SFACE_MODEL)}  # a path names its file
+    assert legacy_identity(named) == SFACE
+    assert same_model(LEGACY_ARCFACE, SFACE, named) and not same_model(LEGACY_ARCFACE, MBF, named)
+
+
+@pytest.mark.anyio
+async def test_a_faces_vectors_in_a_legacy_store_are_the_models_it_stands_for(
+    redis_url: str,
+) -> None:
+    """A store not yet claimed by a node on this code still says plain "arcface": its
+    vectors are the default recognizer's (or the one its group names), and no other's."""
+    r = Redis.from_url(redis_url)
+    db = FaceDB(r)
+    try:
+        fid = await db.new_face_id()
+        vecs = np.random.default_rng(7).normal(size=(3, 128)).astype(np.float32)
+        for sid, vec in zip(("legacy", "legacy", "sface"), vecs, strict=True):
+            await db.add_vector(sid, fid, vec, embedder="arcface")
+        await r.hset("store:legacy:meta", "embedder", LEGACY_ARCFACE)
+        await r.hset("store:sface:meta", "embedder", SFACE)
+        mbf = await db.face_vectors(fid, MBF)
+        assert mbf is not None and sorted(map(tuple, mbf)) == sorted(map(tuple, vecs[:2]))
+        sface = await db.face_vectors(fid, SFACE)
+        assert sface is not None and np.array_equal(sface, vecs[2:])
+        named = {"legacy": {"recognizer_model": SFACE_MODEL}}
+        both = await db.face_vectors(fid, SFACE, named)
+        assert both is not None and len(both) == 3
+        assert await db.face_vectors(fid + 1, MBF) is None
+    finally:
+        await r.aclose()
+
+
 @needs_models
 @pytest.mark.anyio
-async def test_a_legacy_arcface_store_is_upgraded_to_what_its_group_runs(
+async def test_a_legacy_arcface_store_is_upgraded_only_to_the_model_that_built_it(
     tmp_path: Path, redis_url: str
 ) -> None:
     r = redis_lib.Redis.from_url(redis_url)
     r.hset("store:s1:meta", "embedder", LEGACY_ARCFACE)
-    async with shard_client(tmp_path, redis_url, {}) as c:
+    # Only SFace here: `auto` runs it, but it cannot have built the store, which is refused.
+    sface = Path(_models(tmp_path / "sface", SFACE_MODEL)["models_dir"])
+    async with shard_client(tmp_path / "only-sface", redis_url, {}, models_dir=sface) as c:
+        info = (await c.get("/v1/info")).json()
+    assert info["embedder"] == SFACE
+    assert (
+        f"holds {LEGACY_ARCFACE} embeddings; this node runs {SFACE}"
+        in (info["stores"][0]["refused"])
+    )
+    assert r.hget("store:s1:meta", "embedder") == LEGACY_ARCFACE.encode()
+    # The default recognizer here: the store's own model, upgraded once.
+    async with shard_client(tmp_path / "default", redis_url, {}) as c:
         info = (await c.get("/v1/info")).json()
     assert (info["embedder"], info["stores"][0]["refused"]) == (MBF, "")
     assert r.hget("store:s1:meta", "embedder") == MBF.encode()
