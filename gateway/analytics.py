@@ -78,17 +78,8 @@ return out
 
 _MERGE = """
 -- KEYS: face:{keep}, face:{gone}, face:{keep}:visited, face:{gone}:visited
--- ARGV: keep, gone, ended ('1': after the face merge, so `gone` must have ended; '0':
--- before it, so both must exist and not hold two different members)
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[3] == '1' then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-else
-  if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-  local km = redis.call('HGET', KEYS[1], 'member_id') or ''
-  local gm = redis.call('HGET', KEYS[2], 'member_id') or ''
-  if km ~= '' and gm ~= '' and km ~= gm then return 0 end
-end
+-- ARGV: keep, gone. Only after the face merge: `keep` lives and `gone` has ended.
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local moved = 0
 for _, sid in ipairs(redis.call('SMEMBERS', KEYS[4])) do
   local first = 'store:' .. sid .. ':first_seen'
@@ -264,14 +255,14 @@ class Analytics:
             for _, f in rows
         ]
 
-    async def merge_faces(self, keep: int, gone: int, ended: bool = False) -> int:
+    async def merge_faces(self, keep: int, gone: int) -> int:
         """One person's visit history under one FaceId, in one script: per store, the earlier
         first sighting wins and a visit inside the dedupe window of either counts as seen;
-        answers the stores moved. Before the face merge (`ended` False) it runs only while
-        both FaceIds exist and are not bound to two members (what the face merge checks),
-        after it (`ended`) only once `gone` has ended; a re-run moves nothing twice.
+        answers the stores moved. It runs only once the face merge has ended `gone` (and
+        `keep` lives), so a merge refused or not yet run moves nothing; a re-run moves what
+        was counted under `gone` since, and nothing twice.
 
         Recent visit events keep the FaceId they were recorded under; daily UV counted both
         (HyperLogLogs cannot be corrected)."""
         keys = [f"face:{keep}", f"face:{gone}", f"face:{keep}:visited", f"face:{gone}:visited"]
-        return int(await self._merge(keys=keys, args=[keep, gone, "1" if ended else "0"]))
+        return int(await self._merge(keys=keys, args=[keep, gone]))

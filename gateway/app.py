@@ -10,14 +10,14 @@ from typing import TypedDict
 import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.analytics import Analytics
 from gateway.api import CONFLICTS, router
 from gateway.auth import KeyRing
 from gateway.dashboard import install_dashboard
-from gateway.recognition import Counters, Gateway
+from gateway.recognition import Gateway
 from gateway.retention import run_schedule
 from gateway.routing import StoreMap
 from gateway.settings import GatewaySettings
@@ -82,7 +82,7 @@ def create_app(
             try:
                 yield {"gateway": gw}
             finally:
-                await stop_tasks([watcher, sweeper])
+                await stop_tasks([watcher, sweeper, *gw.learning])
                 await redis.aclose()
 
     app = FastAPI(
@@ -102,11 +102,11 @@ def create_app(
 class _CountersCollector(Collector):
     """Exports the gateway's plain counters at scrape time."""
 
-    def __init__(self, counters: Counters) -> None:
-        self.counters = counters
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
 
     def collect(self) -> Iterator[Metric]:
-        c = self.counters
+        c = self.gw.counters
         yield CounterMetricFamily(
             "storeface_fallback", "recognitions that fanned out to other stores", value=c.fallbacks
         )
@@ -115,6 +115,16 @@ class _CountersCollector(Collector):
         )
         yield CounterMetricFamily(
             "storeface_learned_views", "views recognitions added to a FaceId", value=c.learned_views
+        )
+        yield GaugeMetricFamily(
+            "storeface_learning",
+            "views being learned after their recognition was answered",
+            value=len(self.gw.learning),
+        )
+        yield CounterMetricFamily(
+            "storeface_learns_dropped",
+            "views not learned: too many were being learned already",
+            value=c.learns_dropped,
         )
         degraded = CounterMetricFamily(
             "storeface_degraded", "fan-outs a store missed", labels=["store"]
@@ -125,4 +135,4 @@ class _CountersCollector(Collector):
 
 
 def _export_counters(gw: Gateway, registry: CollectorRegistry) -> None:
-    registry.register(_CountersCollector(gw.counters))
+    registry.register(_CountersCollector(gw))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +31,9 @@ from storeface.stores import StoreConfig
 
 log = logging.getLogger("gateway.recognition")
 CAPPED_KEPT = 100_000
+# Learned views being sent to shards at once; more are dropped (learning is an optimisation,
+# and a shard that is slow to answer must not pile them up).
+LEARNING_MAX = 64
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Counters:
     fallbacks: int = 0
     registrations: int = 0
     learned_views: int = 0  # embeddings a confident recognition added to its FaceId
+    learns_dropped: int = 0  # views not learned: LEARNING_MAX were already in flight
     degraded: dict[str, int] = field(default_factory=dict)
 
 
@@ -54,9 +58,28 @@ class Gateway:
     fanout_deadline_s: float
     counters: Counters = field(default_factory=Counters)
     # FaceIds their store said hold max_per_face views: a FaceId never loses one, so no
-    # need to ask again (cleared when it grows past CAPPED_KEPT).
-    capped: set[tuple[str, int]] = field(default_factory=set)  # (store, FaceId) full
+    # need to ask again while the cap stays (it is part of the key: stores.yaml may raise
+    # it); cleared when it grows past CAPPED_KEPT.
+    capped: set[tuple[str, int, int]] = field(default_factory=set)  # (store, FaceId, cap)
+    learning: set[asyncio.Task[None]] = field(default_factory=set)  # views being learned
     observe: Callable[[dict[str, float]], None] = lambda timings: None
+
+    def in_background(self, work: Coroutine[object, object, None]) -> bool:
+        """Run `work` after the answer, tracked (the lifespan stops what is left); dropped
+        when LEARNING_MAX are already running."""
+        if len(self.learning) >= LEARNING_MAX:
+            work.close()
+            self.counters.learns_dropped += 1
+            return False
+        task = asyncio.get_running_loop().create_task(work)
+        self.learning.add(task)
+        task.add_done_callback(self._finished)
+        return True
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.learning.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background learning failed", exc_info=task.exception())
 
 
 @dataclass
@@ -229,8 +252,9 @@ async def _face_ids(gw: Gateway, v: _Visit) -> list[RecognizedFace]:
         if cand is not None:
             if cand.store_id != v.home.id and v.home.learn_cross_store:
                 await _learn(gw, v.home, v.home_urls, face, cand.face_id)
-            elif cand.store_id == v.home.id:
-                await _learn_view(gw, v, face, cand, runner_up)
+            elif cand.store_id == v.home.id and _worth_learning(gw, v, face, cand, runner_up):
+                # after the answer: the shard takes the store's registration lock for it
+                gw.in_background(_learn_view(gw, v.home, v.home_urls, face, cand, v.threshold))
             results.append(_answer(face, cand, v.records[cand.face_id], False, cand.store_id))
         elif (why := uncountable(v.home, face.quality)) is not None:
             results.append(
@@ -315,37 +339,51 @@ async def _learn(
         log.warning("could not learn face %s at home: %s", face_id, exc.message)
 
 
-async def _learn_view(
+def _worth_learning(
     gw: Gateway, v: _Visit, face: wire.ShardFace, cand: _Candidate, runner_up: float | None
-) -> None:
-    """A confident, unambiguous home match of a good face adds its embedding to the FaceId
-    as one more view (docs/benchmarks.md, "More than one view per FaceId"); the shard
-    enforces the cap and novelty again under its lock, and refuses an erased FaceId."""
+) -> bool:
+    """A confident, unambiguous home match of a good face, in a store that learns views, of
+    a FaceId not known to be full."""
     lv = v.home.learn_views
-    if lv is None or lv.max_per_face < 2 or (v.home.id, cand.face_id) in gw.capped:
-        return
+    if lv is None or lv.max_per_face < 2 or (v.home.id, cand.face_id, lv.max_per_face) in gw.capped:
+        return False
     t = v.threshold
     if not lv.novel * t < cand.distance <= lv.confident * t:
-        return
+        return False
     if runner_up is not None and runner_up - cand.distance < lv.margin * t:
-        return
-    if too_poor(v.home, face.quality) is not None:
+        return False
+    return too_poor(v.home, face.quality) is None
+
+
+async def _learn_view(
+    gw: Gateway,
+    home: StoreConfig,
+    home_urls: list[str],
+    face: wire.ShardFace,
+    cand: _Candidate,
+    threshold: float,
+) -> None:
+    """Add the face's embedding to its FaceId as one more view (docs/benchmarks.md, "More
+    than one view per FaceId"); the shard enforces the cap and novelty again under its lock
+    (or skips it when the lock is busy), and refuses an erased FaceId."""
+    lv = home.learn_views
+    if lv is None:
         return
     req = wire.EnrollEmbeddingRequest(
         embedding=face.embedding,
         face_id=cand.face_id,
         max_vectors=lv.max_per_face,
-        min_distance=lv.novel * t,
+        min_distance=lv.novel * threshold,
     )
     try:
-        done = await gw.shards.enroll_embedding(v.home_urls, v.home.id, req)
+        done = await gw.shards.enroll_embedding(home_urls, home.id, req)
     except StorefaceError as exc:  # learning is an optimisation; the answer stands
         log.warning("could not learn a view of face %s: %s", cand.face_id, exc.message)
         return
     if done.skipped == "capped":
         if len(gw.capped) >= CAPPED_KEPT:
             gw.capped.clear()
-        gw.capped.add((v.home.id, cand.face_id))
+        gw.capped.add((home.id, cand.face_id, lv.max_per_face))
     elif done.vec_id:
         gw.counters.learned_views += 1
 
@@ -372,7 +410,8 @@ def _answer(
 async def search(
     gw: Gateway, store_id: str, image: bytes, top_k: int, everywhere: bool
 ) -> SearchResponse:
-    """Top-k matches per face at home (and in the fallback stores), no side effects."""
+    """Top-k matches per face at home (with `everywhere`, also in every other store that
+    may run the same embedder, whatever the fallback policy), no side effects."""
     home = gw.stores.route(store_id)
     ident = await gw.shards.identify(gw.stores.urls(home), home.id, image, top_k=top_k)
     rows: list[list[_Candidate]] = [

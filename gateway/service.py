@@ -16,7 +16,6 @@ from gateway.models import (
 )
 from gateway.recognition import Gateway, _Candidate, fan_out
 from storeface import wire
-from storeface.embedders import configured_model
 from storeface.errors import AlreadyEnrolled, FaceNotFound, InvalidRequest, MemberTaken, NoFace
 from storeface.stores import StoreConfig
 
@@ -143,13 +142,17 @@ async def erase_by_photo(
     actor: str = "system",
 ) -> PhotoEraseResponse:
     """The right to be forgotten for someone who does not know their FaceId: every FaceId,
-    in every store (of each embedder), that matches the photo's largest face under a strict
-    threshold is erased everywhere."""
-    homes = [gw.stores.route(store_id)] if store_id else _one_store_per_embedder(gw)
-    found: dict[int, float] = {}
+    in every store (each searched with the model its group runs), that matches the photo's
+    largest face under a strict threshold is erased everywhere."""
     degraded: list[str] = []
+    if store_id:
+        home = gw.stores.route(store_id)
+        plan = [(home, gw.stores.config.compatible(home))]
+    else:
+        plan, degraded = await _homes_by_model(gw)
+    found: dict[int, float] = {}
     limit = max_distance or 0.0
-    for home in homes:
+    for home, same in plan:
         ident = await gw.shards.identify(gw.stores.urls(home), home.id, image, ERASE_TOP_K)
         if not ident.faces:
             raise NoFace("no face in the photo: nothing to look for")
@@ -157,7 +160,6 @@ async def erase_by_photo(
         base = ident.base_threshold or ident.threshold
         limit = max_distance or round(ERASE_STRICTNESS * base, 6)
         face = ident.faces[0]
-        same = gw.stores.config.compatible(home)
         others = await fan_out(
             gw, home, [face.embedding], ERASE_TOP_K, stores=same, embedder=ident.embedder
         )
@@ -179,26 +181,58 @@ async def erase_by_photo(
     return PhotoEraseResponse(erased=erased, max_distance=limit, degraded=sorted(set(degraded)))
 
 
-def _one_store_per_embedder(gw: Gateway) -> list[StoreConfig]:
-    """A home for each embedder, and for each arcface recognizer the file names."""
-    first: dict[str, StoreConfig] = {}
-    for s in gw.stores.config.stores:
-        first.setdefault(configured_model(s.embedder, s.embedder_options) or s.embedder, s)
-    return list(first.values())
+async def _homes_by_model(
+    gw: Gateway,
+) -> tuple[list[tuple[StoreConfig, list[StoreConfig]]], list[str]]:
+    """Every store, by the model its node group runs (each group is asked: one that names
+    no recognizer picked its own at start-up), as (a store to embed the photo with, the
+    other stores of that model); and the stores none of those can search."""
+    targets = gw.stores.by_group(gw.stores.config.stores)
+    infos = await asyncio.gather(
+        *(gw.shards.node_info(gw.stores.group_urls(g), gw.fanout_deadline_s) for g, _ in targets)
+    )
+    stores: dict[str, list[StoreConfig]] = {}
+    homes: dict[str, StoreConfig] = {}
+    unreached: list[str] = []
+    for (_, sids), info in zip(targets, infos, strict=True):
+        if info is None:
+            unreached += sids
+            continue
+        serving = {s.store_id for s in info.stores if s.loaded and not s.refused}
+        for sid in sids:
+            store = gw.stores.config.store(sid)
+            if store is None:
+                continue
+            stores.setdefault(info.embedder, []).append(store)
+            if sid in serving:
+                homes.setdefault(info.embedder, store)
+    plan = []
+    for model, members in stores.items():
+        home = homes.get(model)
+        if home is None:  # no store of this model can embed the photo now
+            unreached += [s.id for s in members]
+        else:
+            plan.append((home, [s for s in members if s.id != home.id]))
+    return plan, unreached
 
 
 async def merge(gw: Gateway, face_id: int, other: int) -> MergeResponse:
     """One person under two FaceIds becomes one: `other`'s photos, vectors in every store,
     gallery names, member and visit history pass to `face_id`, and `other` ends.
 
-    The visit history moves first, under the face merge's own checks: a crash before the
-    face merge leaves a merge that a re-run completes. A second pass after it takes what
-    was counted under `other` in between."""
+    The face merge runs first (it checks both FaceIds and their members), then the visit
+    history follows in one pass that moves only an ended FaceId's: a merge refused or never
+    run moves none. A crash between the two is completed by a re-run, which answers 404 for
+    `other` (it has ended) after moving what is left of its history."""
     if other == face_id:
         raise InvalidRequest("a FaceId cannot be merged into itself")
+    try:
+        stores = await gw.db.merge_faces(face_id, other)
+    except FaceNotFound as exc:
+        if exc.details.get("face_id") == other:
+            await gw.analytics.merge_faces(face_id, other)
+        raise
     await gw.analytics.merge_faces(face_id, other)
-    stores = await gw.db.merge_faces(face_id, other)
-    await gw.analytics.merge_faces(face_id, other, ended=True)
     record = await gw.db.get_face(face_id)
     return MergeResponse(
         face_id=face_id,

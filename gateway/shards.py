@@ -152,6 +152,15 @@ class ShardClient:
             return None
         return wire.InfoResponse.model_validate_json(r.content)
 
+    async def node_info(self, urls: list[str], timeout_s: float) -> wire.NodeInfoResponse | None:
+        """What a group runs (its embedder's identity) and its stores, as one replica sees
+        them; None when none answers (or every replica is busy)."""
+        try:
+            r = await self._call(urls, "GET", "/v1/info", deadline_s=timeout_s)
+        except (ShardUnavailable, RemoteError, Overloaded):
+            return None
+        return wire.NodeInfoResponse.model_validate_json(r.content)
+
     async def ready(self, urls: list[str]) -> bool:
         async def one(url: str) -> bool:
             try:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from typing import Any
 
 import numpy as np
+from redis.exceptions import LockError
 
 from shard_node.faces.base import Face, enrollable_face
 from shard_node.index import Match as IndexMatch
 from shard_node.node import Node, StoreState
 from storeface import wire
 from storeface.distances import distances
-from storeface.errors import AlreadyEnrolled, FaceMismatch, FaceNotFound
+from storeface.errors import AlreadyEnrolled, FaceMismatch, FaceNotFound, InvalidRequest
 from storeface.facedb import FaceDB
 
 ERASED_SLACK = 2
+# A learned view waits this long for the store's registration lock, then is skipped ("busy"):
+# it is optional, and registrations (a camera waiting) come first.
+VIEW_LOCK_WAIT_S = 0.5
+VIEW_LOCK_POLL_S = 0.02
 
 
 async def _labelled(db: FaceDB, rows: list[list[tuple[IndexMatch, str]]]) -> list[list[wire.Match]]:
@@ -213,12 +219,13 @@ async def _check_same_face(state: StoreState, vec: np.ndarray, face_id: int) -> 
     return dist
 
 
-def _registration(state: StoreState) -> Any:
+def _registration(state: StoreState, wait_s: float | None = None, poll_s: float = 0.1) -> Any:
     """The store's lock for making FaceIds: two cameras seeing one new person make one."""
     return state.db.redis.lock(
         f"lock:register:{state.store.id}",
         timeout=state.register_lock_s,
-        blocking_timeout=state.register_lock_s * 2,
+        blocking_timeout=state.register_lock_s * 2 if wait_s is None else wait_s,
+        sleep=poll_s,
     )
 
 
@@ -237,6 +244,8 @@ async def enroll_embedding(
     state: StoreState, req: wire.EnrollEmbeddingRequest
 ) -> wire.EnrollResponse:
     """Enroll a ready embedding; with `register_threshold`, register only if nobody is close."""
+    if req.face_id is None and (req.max_vectors is not None or req.min_distance is not None):
+        raise InvalidRequest("max_vectors/min_distance need face_id: they learn a view of it")
     if req.register_threshold is not None and req.face_id is None:
         return await register(
             state,
@@ -263,33 +272,47 @@ async def enroll_embedding(
 async def _learn_view(
     state: StoreState, req: wire.EnrollEmbeddingRequest, face_id: int
 ) -> wire.EnrollResponse:
-    """A recognised face's embedding as one more view of its FaceId: under the store's
-    registration lock (two gateways learning near-identical views add one), capped in
-    Redis, the same embedding stored once, and never for a FaceId erased meanwhile."""
+    """A recognised face's embedding as one more view of its FaceId: capped in Redis, the
+    same embedding stored once, and never for a FaceId erased meanwhile. The novelty check
+    (`min_distance`) runs under the store's registration lock (two gateways learning
+    near-identical views add one); a lock held longer than VIEW_LOCK_WAIT_S skips the view."""
     vec = state.replica.index.prepare(np.asarray(req.embedding, dtype=np.float32))[0]
     sha = "view-" + hashlib.sha256(vec.tobytes()).hexdigest()  # a retry is a no-op
-    async with _registration(state):
-        if req.min_distance is not None:
-            stored = await state.db.face_vectors(face_id, state.replica.info.identity)
-            if stored is None:
-                raise FaceNotFound(face_id=face_id)
-            if len(stored):
-                metric = state.replica.info.metric
-                dist = round(float(distances(vec[None, :], stored, metric).min()), 6)
-                if dist <= req.min_distance:
-                    return wire.EnrollResponse(
-                        face_id=face_id, vec_id=0, created=False, distance=dist, skipped="not_novel"
-                    )
-        return await _store(
-            state,
-            vec,
-            face_id=face_id,
-            label="",
-            member_id="",
-            kind=req.kind,
-            photo_sha=sha,
-            max_vectors=req.max_vectors,
-        )
+    if req.min_distance is None:
+        return await _store_view(state, req, face_id, vec, sha)
+    lock = _registration(state, VIEW_LOCK_WAIT_S, VIEW_LOCK_POLL_S)
+    if not await lock.acquire():
+        return wire.EnrollResponse(face_id=face_id, vec_id=0, created=False, skipped="busy")
+    try:
+        stored = await state.db.face_vectors(face_id, state.replica.info.identity)
+        if stored is None:
+            raise FaceNotFound(face_id=face_id)
+        if len(stored):
+            metric = state.replica.info.metric
+            dist = round(float(distances(vec[None, :], stored, metric).min()), 6)
+            if dist <= req.min_distance:
+                return wire.EnrollResponse(
+                    face_id=face_id, vec_id=0, created=False, distance=dist, skipped="not_novel"
+                )
+        return await _store_view(state, req, face_id, vec, sha)
+    finally:
+        with contextlib.suppress(LockError):  # it expired meanwhile: nothing to release
+            await lock.release()
+
+
+async def _store_view(
+    state: StoreState, req: wire.EnrollEmbeddingRequest, face_id: int, vec: np.ndarray, sha: str
+) -> wire.EnrollResponse:
+    return await _store(
+        state,
+        vec,
+        face_id=face_id,
+        label="",
+        member_id="",
+        kind=req.kind,
+        photo_sha=sha,
+        max_vectors=req.max_vectors,
+    )
 
 
 async def register(state: StoreState, req: wire.RegisterRequest) -> wire.EnrollResponse:

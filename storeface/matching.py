@@ -16,7 +16,9 @@ REFERENCE_FACES = 1000
 # `python -m bench.gallery_size`: the door-optimal threshold (fewest returning visitors given
 # a second FaceId plus new visitors merged, 30% returning) falls ~0.05 per decade for arcface
 # (0.54, 0.50, 0.46, 0.43, 0.41 at 1k-1M faces, from the fitted impostor tail); keeping FPIR
-# flat would take 0.064, at a larger TPIR cost. dlib's tail falls as fast (0.061).
+# flat would take 0.064, at a larger TPIR cost. dlib's tail falls as fast (0.061). Keyed by
+# embedder name, so arcface's other recognizers (SFace, w600k_mbf) borrow mobilefacenet's
+# 0.05: nobody measured theirs (nor SFace's base threshold) here.
 PER_DECADE = {"arcface": 0.05, "dlib": 0.05}
 
 

@@ -102,13 +102,14 @@ class EnrollEmbeddingRequest(BaseModel):
         default=None,
         ge=1,
         le=1000,
-        description="learn a view of `face_id`: stored only while the FaceId holds fewer "
-        "vectors in this store (checked in Redis), the same embedding twice stored once",
+        description="learn a view of `face_id` (needed): stored only while the FaceId holds "
+        "fewer vectors in this store (checked in Redis), the same embedding twice stored once",
     )
     min_distance: float | None = Field(
         default=None,
         ge=0,
-        description="learn a view: stored only if every vector of `face_id` is further away",
+        description="learn a view of `face_id` (needed): stored only if every vector of "
+        "`face_id` is further away",
     )
 
 
@@ -138,8 +139,9 @@ class EnrollResponse(BaseModel):
     )
     skipped: str | None = Field(
         default=None,
-        description="a view not learned: capped (the FaceId holds max_vectors here) or "
-        "not_novel (one of its vectors is within min_distance)",
+        description="a view not learned: capped (the FaceId holds max_vectors here), "
+        "not_novel (one of its vectors is within min_distance) or busy (the store's "
+        "registration lock stayed taken: learning waits for no one)",
     )
 
     model_config = {

@@ -17,10 +17,16 @@ import redis as redis_lib
 from PIL import Image
 from redis.asyncio import Redis
 
+from gateway import service
+from gateway.analytics import Analytics
+from gateway.recognition import Gateway
+from gateway.routing import StoreMap
+from gateway.shards import ShardClient
 from shard_node.faces.pool import FacePool
 from shard_node.faces.registry import embedder_info
 from shard_node.gallery import ingest_folder
 from shard_node.index import StoreIndex
+from storeface.errors import MemberTaken
 from storeface.facedb import FaceDB
 from tests.conftest import photo
 from tests.inprocess import InProcess, in_process
@@ -362,6 +368,61 @@ async def test_merge_carries_the_visit_history(
     assert raw.hget("store:store-c:first_seen", str(gone)) is None
     assert not raw.exists(f"face:{gone}:visited", f"seen:store-c:{gone}")
     assert raw.sismember(f"face:{keep}:visited", "store-c")
+
+
+class _BindsFirst(FaceDB):
+    """Another request binds a member to `gone` just before the face merge runs."""
+
+    async def merge_faces(self, keep: int, gone: int) -> list[str]:
+        await self.bind_member(gone, "M-late", {})
+        return await super().merge_faces(keep, gone)
+
+
+@pytest.mark.anyio
+async def test_visit_history_moves_only_with_the_face_merge(
+    apps: InProcess, faces: Path, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A face merge refused after the request began leaves both visit histories where they
+    were; a gateway that died right after the face merge left the ended FaceId's history,
+    and a re-run of the merge moves it."""
+    person = "Rebekah_Chantay_Revels"
+    kept = await enroll(apps, "store-a", photo(faces, person, 1), member_id="M-1")
+    keep = kept.json()["face_id"]
+    gone = await _second_face_id(apps, photo(faces, person, 1))
+    assert (await recognize(apps, "store-c", photo(faces, person, 1)))["face_id"] == gone
+    raw = redis_lib.Redis(port=redis_server.port)
+
+    def history() -> tuple[bool, bool, bool]:
+        """(gone's first sighting at store-c, keep's, gone's visited set)"""
+        first = "store:store-c:first_seen"
+        return (
+            raw.hget(first, str(gone)) is not None,
+            raw.hget(first, str(keep)) is not None,
+            bool(raw.exists(f"face:{gone}:visited")),
+        )
+
+    redis = Redis.from_url(redis_server.url)
+    try:
+        async with httpx.AsyncClient() as client:
+            racing = Gateway(
+                stores=StoreMap(tmp_path / "stores.yaml"),
+                shards=ShardClient(client, 5.0),
+                db=_BindsFirst(redis),
+                analytics=Analytics(redis, 1800),
+                fanout_deadline_s=5.0,
+            )
+            with pytest.raises(MemberTaken):
+                await service.merge(racing, keep, gone)
+        assert history() == (True, False, True)
+        assert (await apps.gateway.delete(f"/v1/faces/{gone}/member")).status_code == 200
+        await FaceDB(redis).merge_faces(keep, gone)  # and the gateway died here
+        assert history() == (True, False, True)
+        again = await apps.gateway.post(f"/v1/faces/{keep}/merge", json={"other": gone})
+        assert again.status_code == 404 and again.json()["error"]["details"]["face_id"] == gone
+        assert history() == (False, True, False)
+        assert raw.sismember(f"face:{keep}:visited", "store-c")
+    finally:
+        await redis.aclose()
 
 
 @pytest.mark.slow

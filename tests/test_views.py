@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -118,9 +119,27 @@ async def _enroll(apps: InProcess, faces: Path, store: str, person: str, n: int)
 
 
 async def _seen(apps: InProcess, faces: Path, store: str, person: str, n: int) -> dict:
+    """A recognition, once whatever it learned after answering is done."""
     r = await recognize(apps.gateway, store, photo(faces, person, n))
     assert r.status_code == 200, r.text
+    await _settled(apps)
     return r.json()["faces"][0]
+
+
+async def _metric(apps: InProcess, name: str) -> float:
+    text = (await apps.gateway.get("/metrics")).text
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert m, text[:500]
+    return float(m.group(1))
+
+
+async def _settled(apps: InProcess) -> None:
+    """Wait until the gateway learns no view in the background."""
+    for _ in range(3000):
+        if await _metric(apps, "storeface_learning") == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the gateway is still learning views")
 
 
 def _views(rdb: redis_lib.Redis, face_id: int) -> int:
@@ -128,10 +147,7 @@ def _views(rdb: redis_lib.Redis, face_id: int) -> int:
 
 
 async def _learned_total(apps: InProcess) -> float:
-    text = (await apps.gateway.get("/metrics")).text
-    m = re.search(r"^storeface_learned_views_total (\S+)$", text, re.M)
-    assert m, text[:500]
-    return float(m.group(1))
+    return await _metric(apps, "storeface_learned_views_total")
 
 
 @pytest.mark.anyio
@@ -250,6 +266,8 @@ async def test_erase_takes_the_learned_views_and_none_comes_back(
     learned = photo(faces, case.person, case.others[0])
     assert (await _seen(apps, faces, "learn", case.person, case.others[0]))["face_id"] == fid
     assert _views(rdb, fid) == 2
+    entries = cast(set[bytes], rdb.smembers(f"face:{fid}:photos"))
+    assert any(e.startswith(b"learn:view-") for e in entries)  # the view's hash, kept
     r = await apps.gateway.delete(f"/v1/faces/{fid}")
     assert r.status_code == 200, r.text
     found = await apps.gateway.post(
@@ -266,9 +284,99 @@ async def test_erase_takes_the_learned_views_and_none_comes_back(
             json={"embedding": dev_set.embeddings[i].tolist(), "face_id": fid, "max_vectors": 3},
         )
     assert late.status_code == 404 and late.json()["error"]["code"] == "face_not_found"
-    assert not rdb.exists(f"face:{fid}", f"face:{fid}:vecs")
+    assert not rdb.exists(f"face:{fid}", f"face:{fid}:vecs", f"face:{fid}:photos")
     rows = cast(list[bytes], rdb.hvals("store:learn:vec"))
     assert fid not in [int(v.split(b"|")[0]) for v in rows]
+    # the learned view's hash (`view-<sha>`) went with the photo's: none maps to the FaceId
+    hashes = cast(dict[bytes, bytes], rdb.hgetall("store:learn:photo"))
+    assert fid not in [int(v) for v in hashes.values()]
+
+
+class _Held(httpx.AsyncBaseTransport):
+    """A node group whose embedding enrollments (learned views) wait until released."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.release = asyncio.Event()
+        self.waiting = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/faces/embedding"):
+            self.waiting += 1
+            await self.release.wait()
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.mark.anyio
+async def test_the_answer_does_not_wait_for_the_view_to_be_learned(
+    apps: InProcess, faces: Path, cases: Cases, rdb: redis_lib.Redis
+) -> None:
+    case = cases.confident[2]
+    fid = await _enroll(apps, faces, "learn", case.person, case.enrolled)
+    held = _Held(apps.shards["n1"])
+    apps.router.routes["n1"] = held
+    try:
+        # were the view learned before answering, this would wait for the release: never
+        with anyio.fail_after(120):
+            r = await recognize(apps.gateway, "learn", photo(faces, case.person, case.others[0]))
+        assert r.status_code == 200 and r.json()["faces"][0]["face_id"] == fid
+        for _ in range(3000):
+            if held.waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert held.waiting == 1 and await _metric(apps, "storeface_learning") == 1
+        assert _views(rdb, fid) == 1
+        held.release.set()
+        await _settled(apps)
+    finally:
+        held.release.set()
+        apps.router.routes["n1"] = apps.shards["n1"]
+    assert _views(rdb, fid) == 2
+
+
+@pytest.mark.anyio
+async def test_a_view_waits_briefly_for_the_registration_lock_and_is_skipped(
+    apps: InProcess, dev_set: EmbeddedSet, rdb: redis_lib.Redis
+) -> None:
+    """A registration holding the store's lock: the view's novelty check does not wait for
+    it (`busy`, nothing stored); once the lock is free, the same view is learned."""
+    embs = dev_set.embeddings[dev_set.ok]
+    async with httpx.AsyncClient(transport=apps.shards["n1"], base_url="http://n1") as shard:
+        url = "/v1/stores/race/faces/embedding"
+        r = await shard.post(url, json={"embedding": embs[20].tolist(), "kind": "visitor"})
+        assert r.status_code == 201, r.text
+        fid = r.json()["face_id"]
+        view = {"embedding": embs[21].tolist(), "face_id": fid, "max_vectors": 3}
+        lock = rdb.lock("lock:register:race", timeout=60)
+        assert lock.acquire(blocking=False)
+        try:
+            busy = await shard.post(url, json={**view, "min_distance": 0.0})
+        finally:
+            lock.release()
+        assert busy.status_code == 201, busy.text
+        assert (busy.json()["skipped"], busy.json()["vec_id"]) == ("busy", 0)
+        assert _views(rdb, fid) == 1
+        learned = await shard.post(url, json={**view, "min_distance": 0.0})
+        assert learned.json()["skipped"] is None and learned.json()["vec_id"]
+        assert _views(rdb, fid) == 2
+
+
+@pytest.mark.anyio
+async def test_learning_options_without_a_face_id_mint_no_face_id(
+    apps: InProcess, dev_set: EmbeddedSet, rdb: redis_lib.Redis
+) -> None:
+    embs = dev_set.embeddings[dev_set.ok]
+    before = rdb.get("seq:face")
+    async with httpx.AsyncClient(transport=apps.shards["n1"], base_url="http://n1") as shard:
+        for extra in ({"max_vectors": 3}, {"min_distance": 0.1}):
+            r = await shard.post(
+                "/v1/stores/race/faces/embedding",
+                json={"embedding": embs[30].tolist(), **extra},
+            )
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["code"] == "invalid_request"
+            assert "need face_id" in r.json()["error"]["message"]
+    assert rdb.get("seq:face") == before
 
 
 @pytest.mark.anyio

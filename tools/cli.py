@@ -733,7 +733,8 @@ def fetch_models(
         str,
         typer.Option(
             help="opencv: YuNet + SFace (MIT, Apache-2.0); insightface: YuNet + buffalo_s "
-            "w600k_mbf (non-commercial research only)"
+            "w600k_mbf (non-commercial research only; its zip is downloaded again on every "
+            "run, as only the zip's hash is pinned)"
         ),
     ] = DEFAULT_PACK,
     mirror: Annotated[

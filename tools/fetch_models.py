@@ -80,7 +80,8 @@ def sha256_of(path: Path) -> str:
 
 
 def installed(model: ModelFile, dest: Path) -> bool:
-    """Whether `dest` already holds the file, checked (a zip member cannot be: no hash)."""
+    """Whether `dest` already holds the file, checked. A zip member never is: only the zip's
+    hash is pinned, so `--pack insightface` downloads buffalo_s.zip again on every run."""
     path = dest / model.name
     return model.member is None and path.is_file() and sha256_of(path) == model.sha256
 
@@ -120,8 +121,10 @@ def install(name: str, data: bytes, dest: Path) -> Path:
 def fetch_all(
     models: tuple[ModelFile, ...], dest: Path, client: httpx.Client
 ) -> list[tuple[ModelFile, str]]:
-    """Download and verify every file first, then install them all: one that fails leaves
-    `dest` as it was. Returns each file with the sha256 of what was (or is) installed."""
+    """Download and verify every file first, then install them one by one: a download or
+    check that fails leaves `dest` as it was; a write that fails (OSError) can leave the
+    files before it installed. Returns each file with the sha256 of what was (or is)
+    installed."""
     fetched = [(m, None if installed(m, dest) else download(m, client)) for m in models]
     done = []
     for model, data in fetched:
