@@ -69,7 +69,8 @@ def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mirror]:
     _pin(monkeypatch, "insightface", 1, zipped)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # a short poll: shutdown() waits for it, and every test tears a mirror down
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
     m.url = f"http://127.0.0.1:{server.server_address[1]}"
     yield m
     server.shutdown()
@@ -174,6 +175,7 @@ def test_every_pinned_file_comes_from_a_fixed_commit_or_release() -> None:
             assert re.search(r"/[0-9a-f]{40}/|/releases/download/v[\d.]+/", m.url), m.url
 
 
+@pytest.mark.slow  # runs make and a Python process
 def test_make_models_runs_the_command(mirror: Mirror, tmp_path: Path) -> None:
     """The Makefile target, run for real against the mirror (STAMP= skips the venv rebuild)."""
     dest = tmp_path / "via-make"
@@ -198,6 +200,7 @@ def test_make_models_runs_the_command(mirror: Mirror, tmp_path: Path) -> None:
     assert not dest.exists() or not any(dest.iterdir())
 
 
+@pytest.mark.slow  # a Python process
 def test_python_dash_m_registers_every_command() -> None:
     """`python -m tools.cli` once ran its `__main__` guard before fetch-models existed."""
     out = subprocess.run(

@@ -102,6 +102,7 @@ def covering(faces: list[Face], box: tuple[float, float, float, float]) -> list[
 # --- small faces in large frames ---------------------------------------------------------
 
 
+@pytest.mark.slow  # a 24 MP frame, detected in tiles
 def test_108px_face_in_6000x4000_frame_found_where_pasted_with_its_own_embedding(
     pipeline: FacePipeline, faces: Path
 ) -> None:
@@ -147,6 +148,7 @@ def test_108px_face_in_6000x4000_frame_found_where_pasted_with_its_own_embedding
         assert analyze_bytes(pipeline, jpeg(frame), BEFORE, max_faces=10).faces == []
 
 
+@pytest.mark.slow  # an 8 MP frame, detected in tiles
 def test_4k_frame_with_two_small_faces_finds_both_largest_first_within_max_faces(
     pipeline: FacePipeline, faces: Path
 ) -> None:
@@ -350,6 +352,7 @@ async def _face(apps: InProcess, image: bytes) -> dict[str, Any]:
     return dict(found[0])
 
 
+@pytest.mark.slow  # a 24 MP upload, detected in tiles
 @pytest.mark.anyio
 async def test_recognize_finds_a_small_face_in_a_6000x4000_upload(
     apps: InProcess, faces: Path

@@ -137,6 +137,7 @@ async def apps(
         yield apps
 
 
+@pytest.mark.slow  # enrolls a store past 1,000 faces
 @pytest.mark.anyio
 async def test_a_big_store_reports_and_uses_its_tighter_threshold(
     apps: InProcess, dev_set: EmbeddedSet, distractor_set: EmbeddedSet

@@ -12,6 +12,8 @@ from tests.conftest import photo
 from tests.inprocess import InProcess, in_process
 from tests.support import RedisServer
 
+pytestmark = pytest.mark.slow  # starts, kills and restarts a Redis process of its own
+
 
 @pytest.fixture
 async def chain(tmp_path: Path) -> AsyncIterator[tuple[InProcess, RedisServer]]:
