@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -440,10 +441,26 @@ def running_cluster(
     env: dict[str, str] | None = None,
     timeout: float = 300,
 ) -> Iterator[LocalCluster]:
-    """A throwaway `make run` cluster in a temporary folder; Ctrl-C'd (SIGINT) on the way out."""
+    """A throwaway `make run` cluster in a temporary folder; Ctrl-C'd (SIGINT) on the way out,
+    also when this process gets SIGTERM (`timeout`, a CI job cancelled), which would otherwise
+    end it without running the `finally` and leave the cluster running."""
     work = Path(tempfile.mkdtemp(prefix="storeface-cluster-"))
-    cluster = LocalCluster(work, nodes, stores, gateways, env).start(timeout)
+    with _sigterm_as_interrupt():
+        cluster = LocalCluster(work, nodes, stores, gateways, env).start(timeout)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt meanwhile (only the main thread may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        yield cluster
+        yield
     finally:
-        cluster.stop()
+        signal.signal(signal.SIGTERM, previous)
