@@ -14,8 +14,9 @@ VISITS_MAXLEN = 10_000
 STATS_TTL_S = 400 * 86400  # daily counters are kept a bit over a year
 
 _RECORD = """
--- KEYS: seen, first_seen, pv, uv, new, member_pv, member_uv, visits, visited, face
+-- KEYS: seen, first_seen, pv, uv, new, member_pv, member_uv, visits, visited, face, erased
 -- ARGV: fid, ts, window_s, is_member, store_id, ttl_s, visits_maxlen
+if redis.call('EXISTS', KEYS[11]) == 1 then return 0 end  -- erased since it was answered
 if redis.call('EXISTS', KEYS[10]) == 1 then redis.call('HSET', KEYS[10], 'last_seen', ARGV[2]) end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then return 0 end
 local first = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
@@ -77,9 +78,11 @@ return out
 
 
 _MERGE = """
--- KEYS: face:{keep}, face:{gone}, face:{keep}:visited, face:{gone}:visited
--- ARGV: keep, gone. Only after the face merge: `keep` lives and `gone` has ended.
+-- KEYS: face:{keep}, face:{gone}, face:{keep}:visited, face:{gone}:visited, merged:{gone}
+-- ARGV: keep, gone. Only after the face merge: `keep` lives, `gone` has ended, and the
+-- merge script said `gone` went to `keep` (not erased, nor merged elsewhere).
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('GET', KEYS[5]) ~= ARGV[1] then return 0 end
 local moved = 0
 for _, sid in ipairs(redis.call('SMEMBERS', KEYS[4])) do
   local first = 'store:' .. sid .. ':first_seen'
@@ -119,7 +122,8 @@ class Analytics:
     async def record(
         self, store_id: str, face_id: int, is_member: bool, now: float | None = None
     ) -> str:
-        """Count a sighting: 'deduped' inside the window, else 'new' or 'returning'.
+        """Count a sighting: 'deduped' inside the window (or for a face erased since it was
+        answered: nothing is recorded), else 'new' or 'returning'.
 
         The face's `last_seen` is updated in the same call (if the face still exists).
         """
@@ -137,6 +141,7 @@ class Analytics:
             f"visits:{store_id}",
             f"face:{face_id}:visited",
             f"face:{face_id}",  # last_seen, on every sighting, deduped or not
+            f"erased:{face_id}",  # set by erase for a day: a late sighting records nothing
         ]
         args: list[str | int] = [
             face_id,
@@ -264,5 +269,11 @@ class Analytics:
 
         Recent visit events keep the FaceId they were recorded under; daily UV counted both
         (HyperLogLogs cannot be corrected)."""
-        keys = [f"face:{keep}", f"face:{gone}", f"face:{keep}:visited", f"face:{gone}:visited"]
+        keys = [
+            f"face:{keep}",
+            f"face:{gone}",
+            f"face:{keep}:visited",
+            f"face:{gone}:visited",
+            f"merged:{gone}",
+        ]
         return int(await self._merge(keys=keys, args=[keep, gone]))

@@ -152,10 +152,13 @@ async def erase_by_photo(
         plan, degraded = await _homes_by_model(gw)
     found: dict[int, float] = {}
     limit = max_distance or 0.0
+    seen_face = False
     for home, same in plan:
         ident = await gw.shards.identify(gw.stores.urls(home), home.id, image, ERASE_TOP_K)
-        if not ident.faces:
-            raise NoFace("no face in the photo: nothing to look for")
+        if not ident.faces:  # this model's detector missed it: the others may not
+            degraded += [home.id] + [s.id for s in same]
+            continue
+        seen_face = True
         # strict, but not tightened for the store's size: erase must find every FaceId
         base = ident.base_threshold or ident.threshold
         limit = max_distance or round(ERASE_STRICTNESS * base, 6)
@@ -169,6 +172,8 @@ async def erase_by_photo(
         for fid, dist in hits:
             if dist <= limit:
                 found[fid] = min(dist, found.get(fid, dist))
+    if not seen_face:
+        raise NoFace("no face in the photo: nothing to look for")
     if not found:
         raise FaceNotFound(f"no FaceId matches this photo under distance {limit}")
     erased = []

@@ -150,6 +150,8 @@ for i = 6, #ARGV, 2 do
     redis.call('DEL', face, face .. ':vecs', face .. ':photos', face .. ':stores',
                face .. ':gallery')
     if existed == 1 then
+      -- a sighting answered just before the erase and recorded after it leaves no trace
+      redis.call('SET', 'erased:' .. fid, '1', 'EX', 86400)
       redis.call('XADD', 'audit:erase', 'MAXLEN', '~', ARGV[5], '*', 'ts', ARGV[4],
                  'actor', ARGV[2], 'face_id', fid, 'reason', ARGV[3],
                  'stores', table.concat(stores, ','))
@@ -251,6 +253,8 @@ if km == '' and gm ~= '' then
 end
 redis.call('DEL', KEYS[2], 'face:' .. gone .. ':vecs', 'face:' .. gone .. ':photos',
            'face:' .. gone .. ':stores', 'face:' .. gone .. ':gallery')
+-- says where `gone` went, so its visit history follows only a merge that happened
+redis.call('SET', 'merged:' .. gone, keep, 'EX', 2592000)
 return stores
 """
 

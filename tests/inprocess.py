@@ -58,15 +58,24 @@ async def in_process(
     shard_options: dict[str, Any] | None = None,
     sentinels: str = "",
     store_options: dict[str, dict[str, Any]] | None = None,
+    node_options: dict[str, dict[str, Any]] | None = None,
 ) -> AsyncIterator[InProcess]:
     """Node groups (id → its stores) and a gateway, all in this process, ready to serve;
     `shard_options` are more ShardSettings for every node; with `sentinels`, Redis is the
-    primary they name; `store_options` are more settings per store id."""
+    primary they name; `store_options` and `node_options` are more stores.yaml settings per
+    store and per node group (e.g. another embedder than dlib)."""
     stores_file = work / "stores.yaml"
     doc = {
         # dlib: what the shared lfw embeddings (conftest) these tests enroll are made with
         "nodes": [
-            {"id": n, "replicas": 1, "urls": [f"http://{n}"], "embedder": "dlib"} for n in nodes
+            {
+                "id": n,
+                "replicas": 1,
+                "urls": [f"http://{n}"],
+                "embedder": "dlib",
+                **(node_options or {}).get(n, {}),
+            }
+            for n in nodes
         ],
         "stores": [
             {"id": s, "node": n, "region": region, **(store_options or {}).get(s, {})}

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import numpy as np
 from redis.asyncio import Redis
 
 from gateway.analytics import Analytics
+from storeface.facedb import FaceDB
 
 DAY1 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC).timestamp()
 DAY2 = DAY1 + 86400
@@ -80,3 +82,37 @@ def test_sightings_update_last_seen_but_never_resurrect_a_face(redis_url: str) -
         await redis.aclose()
 
     asyncio.run(run())
+
+
+def test_an_erased_face_leaves_no_visit_and_lends_none_to_a_merge(redis_url: str) -> None:
+    """A sighting answered just before an erase and recorded after it leaves no trace, and a
+    merge into `keep` that answers 404 for an erased FaceId moves no visit history; only a
+    merge that happened does."""
+
+    async def run() -> None:
+        redis = Redis.from_url(redis_url)
+        db, a = FaceDB(redis), Analytics(redis, window_s=300)
+        keep, erased, twin = [await _visitor(db) for _ in range(3)]
+        assert await a.record("s1", keep, False, now=DAY1 + 60 * MIN) == "new"
+        assert await a.record("s1", erased, False, now=DAY1) == "new"
+        await db.erase_face(erased)
+        await a.erase_face(erased)
+        assert await a.record("s1", erased, False, now=DAY1 + MIN) == "deduped"  # not counted
+        assert await redis.hget("store:s1:first_seen", str(erased)) is None
+        assert not await redis.exists(f"face:{erased}:visited")
+        assert await a.merge_faces(keep, erased) == 0
+        assert float(await redis.hget("store:s1:first_seen", str(keep)) or 0) == DAY1 + 60 * MIN
+        assert await a.record("s1", twin, False, now=DAY1 + 2 * MIN) == "new"
+        await db.merge_faces(keep, twin)
+        assert await a.merge_faces(keep, twin) == 1  # the twin's earlier first sighting wins
+        assert float(await redis.hget("store:s1:first_seen", str(keep)) or 0) == DAY1 + 2 * MIN
+        await redis.aclose()
+
+    asyncio.run(run())
+
+
+async def _visitor(db: FaceDB) -> int:
+    """A visitor FaceId with one vector in store s1, as registration makes one."""
+    fid = await db.new_face_id()
+    await db.add_vector("s1", fid, np.ones(4, np.float32), embedder="dlib", kind="visitor")
+    return fid

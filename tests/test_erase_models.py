@@ -1,24 +1,17 @@
-"""Erase by photo reaches every store, whatever model its node group picked: two groups
-that name no recognizer can run different ones, and each is searched with its own."""
+"""Erase by photo reaches every store, whatever model its node group runs: two groups that
+name no recognizer can run different ones, and each is searched with its own; a group
+whose detector misses the face is reported, and the others still erase it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+import io
 from pathlib import Path
 from typing import Any
 
-import anyio
-import httpx
 import pytest
 import redis as redis_lib
-import yaml
-from asgi_lifespan import LifespanManager
+from PIL import Image
 
-from gateway.app import create_app as create_gateway
-from gateway.settings import GatewaySettings
-from shard_node.app import create_app as create_shard
-from shard_node.settings import ShardSettings
 from storeface.embedders import (
     AUTO,
     DETECTOR_MODEL,
@@ -28,17 +21,13 @@ from storeface.embedders import (
 )
 from storeface.paths import models_dir
 from tests.conftest import photo
-from tests.inprocess import ADMIN, Router
+from tests.inprocess import in_process
 from tests.support import RedisServer
 
 pytestmark = pytest.mark.skipif(
     resolve_embedder(AUTO)[0] != "arcface", reason=f"no arcface models in {models_dir()}"
 )
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+PERSON = "Rebekah_Chantay_Revels"
 
 
 def _sface_folder(folder: Path) -> dict[str, Any]:
@@ -50,55 +39,13 @@ def _sface_folder(folder: Path) -> dict[str, Any]:
     return {"models_dir": str(folder)}
 
 
-@asynccontextmanager
-async def chain(
-    work: Path, redis_url: str, nodes: dict[str, dict[str, Any]]
-) -> AsyncIterator[httpx.AsyncClient]:
-    """One store per node group (`s-<group>`), the groups and a gateway in this process."""
-    stores = work / "stores.yaml"
-    doc = {
-        "nodes": [{"id": n, "replicas": 1, "urls": [f"http://{n}"], **o} for n, o in nodes.items()],
-        "stores": [{"id": f"s-{n}", "node": n} for n in nodes],
-    }
-    stores.write_text(yaml.safe_dump(doc))
-    async with AsyncExitStack() as stack:
-        shards: dict[str, httpx.AsyncBaseTransport] = {}
-        for n in nodes:
-            settings = ShardSettings(
-                node_id=n,
-                stores_file=stores,
-                redis_url=redis_url,
-                workers=1,
-                snapshot_dir=work / n,
-                feed_block_ms=100,
-            )
-            m = await stack.enter_async_context(
-                LifespanManager(create_shard(settings), startup_timeout=120, shutdown_timeout=120)
-            )
-            shards[n] = httpx.ASGITransport(app=m.app)
-            async with httpx.AsyncClient(transport=shards[n], base_url="http://n") as c:
-                for _ in range(600):
-                    if (await c.get("/readyz")).status_code == 200:
-                        break
-                    await anyio.sleep(0.1)
-        gw = GatewaySettings(
-            stores_file=stores, redis_url=redis_url, admin_key=ADMIN, fanout_deadline_ms=5000
-        )
-        g = await stack.enter_async_context(
-            LifespanManager(
-                create_gateway(gw, transport=Router(shards)),
-                startup_timeout=120,
-                shutdown_timeout=120,
-            )
-        )
-        yield await stack.enter_async_context(
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=g.app),
-                base_url="http://gateway",
-                headers={"X-API-Key": ADMIN},
-                timeout=60,
-            )
-        )
+def _small(data: bytes, side: int = 60) -> bytes:
+    """The photo shrunk onto a larger grey frame: YuNet still finds the face, dlib's HOG not."""
+    frame = Image.new("RGB", (500, 500), (128, 128, 128))
+    frame.paste(Image.open(io.BytesIO(data)).convert("RGB").resize((side, side)), (100, 100))
+    out = io.BytesIO()
+    frame.save(out, "JPEG", quality=95)
+    return out.getvalue()
 
 
 @pytest.mark.anyio
@@ -109,9 +56,10 @@ async def test_erase_by_photo_searches_each_group_with_its_own_model(
     # Neither group names an embedder or a recognizer: stores.yaml alone cannot tell them
     # apart; one finds the shared model, the other only SFace's file (the shared weights fed
     # as SFace: they tell people apart poorly, so the stranger is enrolled with the other).
-    nodes = {"mbf": {}, "sface": {"embedder_options": _sface_folder(tmp_path / "sface")}}
-    person = "Rebekah_Chantay_Revels"
-    async with chain(tmp_path, redis_server.url, nodes) as gw:
+    nodes = {"mbf": {"embedder": AUTO}, "sface": {"embedder": AUTO, **_options(tmp_path)}}
+    groups = {n: [f"s-{n}"] for n in nodes}
+    async with in_process(tmp_path, redis_server.url, groups, node_options=nodes) as apps:
+        gw = apps.gateway
         embedders = {
             n: (await gw.get(f"/v1/stores/s-{n}/health")).json()["embedder"] for n in nodes
         }
@@ -119,8 +67,8 @@ async def test_erase_by_photo_searches_each_group_with_its_own_model(
         for n in nodes:
             r = await gw.post(
                 f"/v1/stores/s-{n}/faces",
-                files={"image": ("a.jpg", photo(faces, person, 1))},
-                data={"label": person},
+                files={"image": ("a.jpg", photo(faces, PERSON, 1))},
+                data={"label": PERSON},
             )
             assert r.status_code == 201, r.text
             ids[n] = r.json()["face_id"]
@@ -128,7 +76,7 @@ async def test_erase_by_photo_searches_each_group_with_its_own_model(
             "/v1/stores/s-mbf/faces", files={"image": ("b.jpg", photo(faces, "Juanes", 1))}
         )
         assert other.status_code == 201, other.text
-        r = await gw.post("/v1/erase", files={"image": ("p.jpg", photo(faces, person, 1))})
+        r = await gw.post("/v1/erase", files={"image": ("p.jpg", photo(faces, PERSON, 1))})
         assert r.status_code == 200, r.text
         body = r.json()
     assert embedders == {"mbf": f"arcface:{RECOGNIZER_MODEL}", "sface": f"arcface:{SFACE_MODEL}"}
@@ -140,3 +88,37 @@ async def test_erase_by_photo_searches_each_group_with_its_own_model(
     raw = redis_lib.Redis(port=redis_server.port)
     assert not raw.exists(*(f"face:{fid}" for fid in ids.values()))
     assert raw.exists(f"face:{other.json()['face_id']}")  # someone else is untouched
+
+
+def _options(tmp_path: Path) -> dict[str, Any]:
+    return {"embedder_options": _sface_folder(tmp_path / "sface")}
+
+
+@pytest.mark.anyio
+async def test_a_group_whose_detector_misses_the_face_does_not_stop_the_erase(
+    tmp_path: Path, redis_server: RedisServer, faces: Path
+) -> None:
+    """The photo's face is too small for dlib's detector: the dlib group is `degraded`, and
+    the arcface group's FaceId is still erased (before, the whole request was a 422)."""
+    redis_lib.Redis(port=redis_server.port).flushall()
+    nodes = {"arc": {"embedder": "arcface"}, "hog": {"embedder": "dlib"}}
+    groups = {n: [f"s-{n}"] for n in nodes}
+    small = _small(photo(faces, PERSON, 1))
+    async with in_process(tmp_path, redis_server.url, groups, node_options=nodes) as apps:
+        gw = apps.gateway
+        enrolled = await gw.post(
+            "/v1/stores/s-arc/faces",
+            files={"image": ("a.jpg", photo(faces, PERSON, 1))},
+            data={"label": PERSON},
+        )
+        assert enrolled.status_code == 201, enrolled.text
+        missed = await gw.post(
+            "/v1/search", files={"image": ("p.jpg", small)}, data={"store_id": "s-hog"}
+        )
+        assert missed.status_code == 200 and missed.json()["faces"] == [], missed.text
+        r = await gw.post(
+            "/v1/erase", files={"image": ("p.jpg", small)}, data={"max_distance": "0.8"}
+        )
+        assert r.status_code == 200, r.text
+    assert [e["face_id"] for e in r.json()["erased"]] == [enrolled.json()["face_id"]]
+    assert r.json()["degraded"] == ["s-hog"]
