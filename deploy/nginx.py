@@ -79,8 +79,12 @@ def render(
     upstreams = []
     groups = [g for g in cfg.groups() if not g.urls]  # explicit URLs bypass nginx
     for g in groups:
+        # max_fails=3: one 503 (a replica still warming up answering /readyz, a store still
+        # loading) must not mark a live replica down for fail_timeout; if its peer died in
+        # that window the whole group would have no replica (seen in CI). A dead replica
+        # still goes down after three refused connects, each retried on another replica.
         servers = "\n".join(
-            f"        server {a} max_fails=1 fail_timeout=5s;" for a in replicas(g.id)
+            f"        server {a} max_fails=3 fail_timeout=5s;" for a in replicas(g.id)
         )
         upstreams.append(
             f"    upstream {upstream_name(g.id)} {{\n{servers}\n        keepalive 16;\n    }}"
