@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,7 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from deploy.run import embedder_lines
-from gateway.app import create_app as create_gateway
 from gateway.routing import StoreMap
-from gateway.settings import GatewaySettings
 from shard_node.app import create_app as create_shard
 from shard_node.faces.onnx_pipeline import THRESHOLD
 from shard_node.faces.registry import embedder_info, make_pipeline
@@ -46,7 +44,7 @@ from storeface.facedb import FaceDB
 from storeface.paths import models_dir
 from storeface.stores import parse_stores
 from tests.conftest import photo
-from tests.inprocess import ADMIN, Router, recognize
+from tests.inprocess import in_process, recognize
 from tests.support import write_stores
 from tools.dataset import model_files_key
 
@@ -383,57 +381,6 @@ async def test_a_legacy_arcface_store_is_upgraded_only_to_the_model_that_built_i
     assert r.hget("store:s1:meta", "embedder") == MBF.encode()
 
 
-@asynccontextmanager
-async def three_groups(
-    work: Path, redis_url: str, nodes: dict[str, dict[str, Any]]
-) -> AsyncIterator[httpx.AsyncClient]:
-    """One store per node group (`s-<group>`), each group run in this process, and a gateway."""
-    stores = work / "stores.yaml"
-    doc = {
-        "nodes": [{"id": n, "replicas": 1, "urls": [f"http://{n}"], **o} for n, o in nodes.items()],
-        "stores": [{"id": f"s-{n}", "node": n} for n in nodes],
-    }
-    stores.write_text(yaml.safe_dump(doc))
-    async with AsyncExitStack() as stack:
-        shards: dict[str, httpx.AsyncBaseTransport] = {}
-        for n in nodes:
-            settings = ShardSettings(
-                node_id=n,
-                stores_file=stores,
-                redis_url=redis_url,
-                workers=1,
-                snapshot_dir=work / n,
-                feed_block_ms=100,
-            )
-            m = await stack.enter_async_context(
-                LifespanManager(create_shard(settings), startup_timeout=120, shutdown_timeout=120)
-            )
-            shards[n] = httpx.ASGITransport(app=m.app)
-            async with httpx.AsyncClient(transport=shards[n], base_url="http://n") as c:
-                for _ in range(600):
-                    if (await c.get("/readyz")).status_code == 200:
-                        break
-                    await anyio.sleep(0.1)
-        gw = GatewaySettings(
-            stores_file=stores, redis_url=redis_url, admin_key=ADMIN, fanout_deadline_ms=5000
-        )
-        g = await stack.enter_async_context(
-            LifespanManager(
-                create_gateway(gw, transport=Router(shards)),
-                startup_timeout=120,
-                shutdown_timeout=120,
-            )
-        )
-        yield await stack.enter_async_context(
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=g.app),
-                base_url="http://gateway",
-                headers={"X-API-Key": ADMIN},
-                timeout=60,
-            )
-        )
-
-
 @needs_models
 @pytest.mark.anyio
 async def test_groups_on_the_same_recognizer_search_each_other_and_others_never(
@@ -442,8 +389,8 @@ async def test_groups_on_the_same_recognizer_search_each_other_and_others_never(
     """`auto` resolving to the shared model and a group naming it search each other; a
     group running SFace is dropped from the fan-out (its distances would mean nothing)."""
     sface = _models(tmp_path / "sface", SFACE_MODEL)
-    nodes = {
-        "auto": {},
+    nodes: dict[str, dict[str, Any]] = {
+        "auto": {"embedder": AUTO},
         "named": {
             "embedder": "arcface",
             "embedder_options": {"recognizer_model": RECOGNIZER_MODEL},
@@ -454,7 +401,9 @@ async def test_groups_on_the_same_recognizer_search_each_other_and_others_never(
         },
     }
     person = "Rebekah_Chantay_Revels"
-    async with three_groups(tmp_path, redis_url, nodes) as gw:
+    groups = {n: [f"s-{n}"] for n in nodes}
+    async with in_process(tmp_path, redis_url, groups, node_options=nodes) as apps:
+        gw = apps.gateway
         for store in ("s-named", "s-other"):
             r = await gw.post(
                 f"/v1/stores/{store}/faces",
