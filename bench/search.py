@@ -420,20 +420,39 @@ def default_nlists(n: int) -> list[int]:
     return sorted({max(16, int(math.sqrt(n))), _nlist_for(n)})
 
 
-def run_ivf(
-    ds: Dataset, truth: Truth, nlist: int, args: argparse.Namespace
-) -> list[dict[str, Any]]:
-    n, d = ds.x.shape
-    quantizer = faiss.IndexFlatL2(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
+def _train_and_add(
+    index: Any, ds: Dataset, nlist: int, args: argparse.Namespace, sort_sample: bool = False
+) -> dict[str, Any]:
+    """Train an IVF index on up to `train_per_list` points a list (a seeded sample; sorted
+    where the PQ runs always took it so), add every vector; what each row reports of it."""
+    n = len(ds.x)
     faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(1)
     n_train = min(n, nlist * args.train_per_list)
-    train = ds.x[rng.choice(n, size=n_train, replace=False)] if n_train < n else ds.x
+    sample = rng.choice(n, size=n_train, replace=False)
+    if sort_sample:
+        sample = np.sort(sample)
+    train = ds.x[sample] if sort_sample or n_train < n else ds.x
     with stopwatch() as sw_train:
         index.train(train)
     with stopwatch() as sw_add:
         index.add(ds.x)
+    return {
+        "nlist": nlist,
+        "train_points": n_train,
+        "build_s": sw_train[0] + sw_add[0],
+        "train_s": sw_train[0],
+        "add_s": sw_add[0],
+    }
+
+
+def run_ivf(
+    ds: Dataset, truth: Truth, nlist: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    d = ds.x.shape[1]
+    quantizer = faiss.IndexFlatL2(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
+    built = _train_and_add(index, ds, nlist, args)
     nbytes = _index_bytes(index)
     rows = []
     nprobe = 1
@@ -445,13 +464,9 @@ def run_ivf(
             {
                 "index": "IVF-Flat",
                 "params": f"nlist={nlist} nprobe={nprobe}",
-                "nlist": nlist,
                 "nprobe": nprobe,
                 "scanned_share": nprobe / nlist,
-                "train_points": n_train,
-                "build_s": sw_train[0] + sw_add[0],
-                "train_s": sw_train[0],
-                "add_s": sw_add[0],
+                **built,
                 "bytes": nbytes,
                 **res,
             }
@@ -502,13 +517,7 @@ def run_ivfpq(ds: Dataset, truth: Truth, m: int, args: argparse.Namespace) -> li
     nlist = _nlist_for(n)
     index: Any = faiss.index_factory(d, f"IVF{nlist},PQ{m}x4fs", faiss.METRIC_L2)
     index.by_residual = False
-    faiss.omp_set_num_threads(args.threads)
-    rng = np.random.default_rng(1)
-    n_train = min(n, nlist * args.train_per_list)
-    with stopwatch() as sw_train:
-        index.train(ds.x[np.sort(rng.choice(n, size=n_train, replace=False))])
-    with stopwatch() as sw_add:
-        index.add(ds.x)
+    built = _train_and_add(index, ds, nlist, args, sort_sample=True)
     nbytes = _index_bytes(index) + ds.x.nbytes  # re-ranking needs the raw vectors
     x = ds.x
     rows = []
@@ -533,14 +542,10 @@ def run_ivfpq(ds: Dataset, truth: Truth, m: int, args: argparse.Namespace) -> li
             {
                 "index": "IVF-PQfs",
                 "params": f"nlist={nlist} PQ{m}x4fs nprobe={nprobe} k'={args.rerank}",
-                "nlist": nlist,
                 "pq_m": m,
                 "nprobe": nprobe,
                 "scanned_share": nprobe / nlist,
-                "train_points": n_train,
-                "build_s": sw_train[0] + sw_add[0],
-                "train_s": sw_train[0],
-                "add_s": sw_add[0],
+                **built,
                 "bytes": nbytes,
                 **res,
             }
