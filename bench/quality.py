@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,21 @@ def _rate(rows: list[dict[str, Any]]) -> str:
     return f"{sum(r['matched'] for r in rows)}/{len(rows)}" if rows else "-"
 
 
+def _binned(
+    name: str,
+    rows: list[dict[str, Any]],
+    edges: Sequence[float],
+    value: Callable[[dict[str, Any]], float | None],
+) -> str:
+    """Faces and how many matched, per bin of `value` (rows without one left out)."""
+    bins = []
+    for lo, hi in itertools.pairwise(edges):
+        b = [r for r in rows if (v := value(r)) is not None and lo <= v < hi]
+        if b:
+            bins.append([f"{lo:g}–{hi:g}", len(b), _rate(b)])
+    return table([name, "faces", "matched"], bins)
+
+
 def tables(res: dict[str, Any], blur_gates: list[float], yaw_gates: list[float]) -> str:
     found = [r for r in res["rows"] if r["found"]]
     out = [f"### Returning visitors matched, {res['embedder']} (threshold {res['threshold']})", ""]
@@ -123,28 +139,10 @@ def tables(res: dict[str, Any], blur_gates: list[float], yaw_gates: list[float])
     )
     edges = [0, 10, 20, 40, 80, 160, 1e9]
     out += ["", "by blur (Laplacian variance of the face crop):", ""]
-    out.append(
-        table(
-            ["blur", "faces", "matched"],
-            [
-                [f"{lo:g}–{hi:g}", len(b), _rate(b)]
-                for lo, hi in itertools.pairwise(edges)
-                if (b := [r for r in found if lo <= r["blur"] < hi])
-            ],
-        )
-    )
+    out.append(_binned("blur", found, edges, lambda r: r["blur"]))
     yaws = [0, 10, 20, 30, 45, 90]
     out += ["", "by |yaw| (degrees, from the landmarks):", ""]
-    out.append(
-        table(
-            ["|yaw|", "faces", "matched"],
-            [
-                [f"{lo}–{hi}", len(b), _rate(b)]
-                for lo, hi in itertools.pairwise(yaws)
-                if (b := [r for r in found if r["yaw"] is not None and lo <= abs(r["yaw"]) < hi])
-            ],
-        )
-    )
+    out.append(_binned("|yaw|", found, yaws, lambda r: None if r["yaw"] is None else abs(r["yaw"])))
     out += ["", "gates: faces set aside, and the match rate of those kept / set aside:", ""]
     rows = []
     for bg in blur_gates:

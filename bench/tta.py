@@ -30,17 +30,22 @@ def _jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _photo(path: Path, scale: float) -> Image.Image:
+    """A photo as RGB, scaled (LANCZOS) unless `scale` is 1."""
+    img = Image.open(path).convert("RGB")
+    if scale == 1:
+        return img
+    size = (round(img.width * scale), round(img.height * scale))
+    return img.resize(size, Image.Resampling.LANCZOS)
+
+
 def embed_option(folder: Path, embedder: str, scale: float) -> EmbeddedSet:
     """The largest face of every photo through the pipeline's own flip (`flip: true`)."""
     pipeline = make_pipeline(embedder, {"flip": True})
     paths = sorted(folder.glob("*/*.jpg"))
     embs, ok = [], []
     for path in paths:
-        img = Image.open(path).convert("RGB")
-        if scale != 1:
-            img = img.resize(
-                (round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS
-            )
+        img = _photo(path, scale)
         a = analyze_bytes(pipeline, _jpeg(img), ImageLimits(), 5).faces
         embs.append(a[0].embedding if a else np.zeros(pipeline.info.dim, np.float32))
         ok.append(bool(a))
@@ -60,11 +65,7 @@ def embed(folder: Path, embedder: str, scale: float) -> tuple[EmbeddedSet, Embed
     people = [p.parent.name for p in paths]
     plain, tta, ok = [], [], []
     for path in paths:
-        img = Image.open(path).convert("RGB")
-        if scale != 1:
-            img = img.resize(
-                (round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS
-            )
+        img = _photo(path, scale)
         a = analyze_bytes(pipeline, _jpeg(img), ImageLimits(), 5).faces
         b = analyze_bytes(
             pipeline, _jpeg(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)), ImageLimits(), 5
