@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ __all__ = [
     "ShardNode",
     "enroll_embedding",
     "free_port",
+    "run_ingest",
     "wait_until",
     "write_stores",
 ]
@@ -55,3 +58,33 @@ def enroll_embedding(url: str, store: str, emb: Any, label: str = "") -> int:
     )
     assert r.status_code == 201, r.text
     return int(r.json()["face_id"])
+
+
+def run_ingest(
+    stores: Path, redis_url: str, folder: Path, store: str, *flags: str, workers: int = 1
+) -> subprocess.CompletedProcess[str]:
+    """`python -m shard_node ingest` as an operator runs it, with only these settings."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shard_node",
+            "ingest",
+            str(folder),
+            "--store",
+            store,
+            "--workers",
+            str(workers),
+            *flags,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={
+            "STOREFACE_STORES_FILE": str(stores),
+            "STOREFACE_REDIS_URL": redis_url,
+            "PATH": "/usr/bin:/bin",
+        },
+    )

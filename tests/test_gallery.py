@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
-from tests.support import ROOT, RedisServer, ShardNode, wait_until, write_stores
+from tests.support import RedisServer, ShardNode, run_ingest, wait_until, write_stores
 
 pytestmark = pytest.mark.slow  # starts server processes or embeds many photos
 
@@ -44,30 +42,7 @@ def _folder(root: Path, faces: Path) -> Path:
 
 
 def _ingest(stores: Path, redis_url: str, folder: Path, *extra: str) -> str:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shard_node",
-            "ingest",
-            str(folder),
-            "--store",
-            "gal",
-            "--workers",
-            "2",
-            *extra,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={
-            "STOREFACE_STORES_FILE": str(stores),
-            "STOREFACE_REDIS_URL": redis_url,
-            "PATH": "/usr/bin:/bin",
-        },
-    )
+    out = run_ingest(stores, redis_url, folder, "gal", *extra, workers=2)
     assert out.returncode == 0, out.stderr
     return out.stdout
 

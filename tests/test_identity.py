@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from storeface.errors import MemberTaken
 from storeface.facedb import FaceDB
 from tests.conftest import photo
 from tests.inprocess import InProcess, in_process
-from tests.support import ROOT, RedisServer
+from tests.support import RedisServer, run_ingest
 
 NODES = {"n1": ["store-a", "store-b"], "n2": ["store-c"]}
 # store-c is in another region and its recognition looks no further: only enrollment's
@@ -440,30 +439,7 @@ async def test_ingest_everywhere_joins_a_face_of_another_store(
         (folder / person / name).symlink_to(faces / "lfw_dev" / person / name)
 
     def ingest(store: str, *flags: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "shard_node",
-                "ingest",
-                str(folder),
-                "--store",
-                store,
-                "--workers",
-                "1",
-                *flags,
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-            env={
-                "PATH": "/usr/bin:/bin",
-                "STOREFACE_REDIS_URL": redis_server.url,
-                "STOREFACE_STORES_FILE": str(tmp_path / "stores.yaml"),
-            },
-        )
+        return run_ingest(tmp_path / "stores.yaml", redis_server.url, folder, store, *flags)
 
     done = await anyio.to_thread.run_sync(ingest, "store-b", "--everywhere")
     assert done.returncode == 0, done.stderr

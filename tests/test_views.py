@@ -380,7 +380,7 @@ async def test_learning_options_without_a_face_id_mint_no_face_id(
 
 
 @pytest.mark.anyio
-async def test_unset_learning_is_off_for_dlib(
+async def test_learning_is_off_where_a_store_does_not_set_it(
     apps: InProcess, faces: Path, cases: Cases, rdb: redis_lib.Redis
 ) -> None:
     case = cases.confident[5]
