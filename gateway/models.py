@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from storeface.wire import Box, Quality
+from storeface.wire import Box, Quality, examples
 
 
 class Member(BaseModel):
@@ -48,38 +48,34 @@ class RecognizeResponse(BaseModel):
         description="milliseconds per step (decode, detect, embed, search, ...)"
     )
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
+    model_config = examples(
+        {
+            "store_id": "store-a",
+            "faces": [
                 {
-                    "store_id": "store-a",
-                    "faces": [
-                        {
-                            "face_id": 42,
-                            "is_new": False,
-                            "matched_store": "store-a",
-                            "distance": 0.41,
-                            "label": "",
-                            "kind": "member",
-                            "member": {"member_id": "m-1001", "profile": {"tier": "gold"}},
-                            "box": {"x": 412, "y": 188, "w": 164, "h": 164},
-                            "quality": {"size": 164, "blur": 212.4, "score": 0.98, "yaw": 6.5},
-                            "visit": "returning",
-                            "reason": "",
-                        }
-                    ],
-                    "degraded": [],
-                    "timings": {
-                        "decode": 3.1,
-                        "detect": 18.4,
-                        "embed": 9.7,
-                        "search": 4.2,
-                        "total": 38.0,
-                    },
+                    "face_id": 42,
+                    "is_new": False,
+                    "matched_store": "store-a",
+                    "distance": 0.41,
+                    "label": "",
+                    "kind": "member",
+                    "member": {"member_id": "m-1001", "profile": {"tier": "gold"}},
+                    "box": {"x": 412, "y": 188, "w": 164, "h": 164},
+                    "quality": {"size": 164, "blur": 212.4, "score": 0.98, "yaw": 6.5},
+                    "visit": "returning",
+                    "reason": "",
                 }
-            ]
+            ],
+            "degraded": [],
+            "timings": {
+                "decode": 3.1,
+                "detect": 18.4,
+                "embed": 9.7,
+                "search": 4.2,
+                "total": 38.0,
+            },
         }
-    }
+    )
 
 
 class SearchMatch(BaseModel):
@@ -105,37 +101,33 @@ class SearchResponse(BaseModel):
         default_factory=list, description="stores the fan-out could not ask in time"
     )
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
+    model_config = examples(
+        {
+            "store_id": "store-a",
+            "threshold": 0.6,
+            "faces": [
                 {
-                    "store_id": "store-a",
-                    "threshold": 0.6,
-                    "faces": [
+                    "box": {"x": 412, "y": 188, "w": 164, "h": 164},
+                    "quality": {"size": 164, "blur": 212.4, "score": 0.98, "yaw": 6.5},
+                    "matches": [
                         {
-                            "box": {"x": 412, "y": 188, "w": 164, "h": 164},
-                            "quality": {"size": 164, "blur": 212.4, "score": 0.98, "yaw": 6.5},
-                            "matches": [
-                                {
-                                    "face_id": 42,
-                                    "store_id": "store-a",
-                                    "label": "",
-                                    "distance": 0.41,
-                                },
-                                {
-                                    "face_id": 77,
-                                    "store_id": "store-b",
-                                    "label": "",
-                                    "distance": 0.58,
-                                },
-                            ],
-                        }
+                            "face_id": 42,
+                            "store_id": "store-a",
+                            "label": "",
+                            "distance": 0.41,
+                        },
+                        {
+                            "face_id": 77,
+                            "store_id": "store-b",
+                            "label": "",
+                            "distance": 0.58,
+                        },
                     ],
-                    "degraded": [],
                 }
-            ]
+            ],
+            "degraded": [],
         }
-    }
+    )
 
 
 class VerifyResponse(BaseModel):
@@ -144,11 +136,7 @@ class VerifyResponse(BaseModel):
     threshold: float = Field(description="the store's match threshold")
     embedder: str = Field(description="the embedder that compared them")
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [{"same": True, "distance": 0.38, "threshold": 0.6, "embedder": "dlib"}]
-        }
-    }
+    model_config = examples({"same": True, "distance": 0.38, "threshold": 0.6, "embedder": "dlib"})
 
 
 class MemberBinding(BaseModel):
@@ -166,11 +154,7 @@ class MemberBinding(BaseModel):
         description="take the member id from the FaceId it is bound to (else 409 member_taken)",
     )
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [{"member_id": "m-1001", "profile": {"tier": "gold"}, "move": False}]
-        }
-    }
+    model_config = examples({"member_id": "m-1001", "profile": {"tier": "gold"}, "move": False})
 
 
 class MemberBindingResponse(BaseModel):
@@ -179,17 +163,15 @@ class MemberBindingResponse(BaseModel):
     bound: bool = Field(description="whether a member is bound to the FaceId now")
     moved_from: int | None = Field(default=None, description="the FaceId it was taken from")
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [{"face_id": 42, "member_id": "m-1001", "bound": True, "moved_from": None}]
-        }
-    }
+    model_config = examples(
+        {"face_id": 42, "member_id": "m-1001", "bound": True, "moved_from": None}
+    )
 
 
 class MergeRequest(BaseModel):
     other: int = Field(ge=1, description="the FaceId that is the same person; it ends")
 
-    model_config = {"json_schema_extra": {"examples": [{"other": 77}]}}
+    model_config = examples({"other": 77})
 
 
 class MergeResponse(BaseModel):
@@ -199,19 +181,15 @@ class MergeResponse(BaseModel):
     label: str = Field(default="", description="the remaining FaceId's label")
     member_id: str = Field(default="", description="the remaining FaceId's member id")
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
-                {
-                    "face_id": 42,
-                    "merged": 77,
-                    "stores": ["store-a", "store-b"],
-                    "label": "",
-                    "member_id": "m-1001",
-                }
-            ]
+    model_config = examples(
+        {
+            "face_id": 42,
+            "merged": 77,
+            "stores": ["store-a", "store-b"],
+            "label": "",
+            "member_id": "m-1001",
         }
-    }
+    )
 
 
 class ErasedFace(BaseModel):
@@ -229,17 +207,13 @@ class PhotoEraseResponse(BaseModel):
         default_factory=list, description="stores that could not be searched: erase again later"
     )
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
-                {
-                    "erased": [{"face_id": 42, "distance": 0.31, "stores": ["store-a", "store-b"]}],
-                    "max_distance": 0.48,
-                    "degraded": [],
-                }
-            ]
+    model_config = examples(
+        {
+            "erased": [{"face_id": 42, "distance": 0.31, "stores": ["store-a", "store-b"]}],
+            "max_distance": 0.48,
+            "degraded": [],
         }
-    }
+    )
 
 
 class DayStats(BaseModel):
@@ -259,39 +233,35 @@ class StatsResponse(BaseModel):
     unique_visitors: int = Field(description="distinct visitors over the whole range")
     days: list[DayStats] = Field(description="one per day, oldest first")
 
-    model_config = {
-        "populate_by_name": True,
-        "json_schema_extra": {
-            "examples": [
+    model_config = examples(
+        {
+            "store_id": "store-a",
+            "from": "2024-05-01",
+            "to": "2024-05-02",
+            "unique_visitors": 180,
+            "days": [
                 {
-                    "store_id": "store-a",
-                    "from": "2024-05-01",
-                    "to": "2024-05-02",
-                    "unique_visitors": 180,
-                    "days": [
-                        {
-                            "day": "2024-05-01",
-                            "pv": 140,
-                            "uv": 120,
-                            "new": 70,
-                            "returning": 70,
-                            "member_visits": 25,
-                            "member_uv": 20,
-                        },
-                        {
-                            "day": "2024-05-02",
-                            "pv": 110,
-                            "uv": 95,
-                            "new": 60,
-                            "returning": 50,
-                            "member_visits": 18,
-                            "member_uv": 15,
-                        },
-                    ],
-                }
-            ]
+                    "day": "2024-05-01",
+                    "pv": 140,
+                    "uv": 120,
+                    "new": 70,
+                    "returning": 70,
+                    "member_visits": 25,
+                    "member_uv": 20,
+                },
+                {
+                    "day": "2024-05-02",
+                    "pv": 110,
+                    "uv": 95,
+                    "new": 60,
+                    "returning": 50,
+                    "member_visits": 18,
+                    "member_uv": 15,
+                },
+            ],
         },
-    }
+        populate_by_name=True,
+    )
 
 
 class SweepRequest(BaseModel):
@@ -300,10 +270,7 @@ class SweepRequest(BaseModel):
     )
     dry_run: bool = Field(default=False, description="count what would be erased; erase nothing")
 
-    model_config = {
-        "extra": "forbid",
-        "json_schema_extra": {"examples": [{"older_than_days": 90, "dry_run": True}]},
-    }
+    model_config = examples({"older_than_days": 90, "dry_run": True}, extra="forbid")
 
 
 class SweepResponse(BaseModel):
@@ -314,20 +281,16 @@ class SweepResponse(BaseModel):
     older_than_days: int | None = Field(description="the override of this run, if any")
     took_ms: float = Field(description="how long the sweep took, in milliseconds")
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
-                {
-                    "erased": 0,
-                    "expired": 312,
-                    "scanned": 5400,
-                    "dry_run": True,
-                    "older_than_days": 90,
-                    "took_ms": 842.5,
-                }
-            ]
+    model_config = examples(
+        {
+            "erased": 0,
+            "expired": 312,
+            "scanned": 5400,
+            "dry_run": True,
+            "older_than_days": 90,
+            "took_ms": 842.5,
         }
-    }
+    )
 
 
 class AuditEntryOut(BaseModel):
@@ -343,25 +306,21 @@ class AuditPage(BaseModel):
     entries: list[AuditEntryOut] = Field(description="newest first")
     next: str | None = Field(description="`before` for the next (older) page; null: no more")
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
+    model_config = examples(
+        {
+            "entries": [
                 {
-                    "entries": [
-                        {
-                            "id": "1714557600000-0",
-                            "time": "2024-05-01T10:00:00Z",
-                            "actor": "admin",
-                            "face_id": 42,
-                            "reason": "TICKET-123",
-                            "stores": ["store-a", "store-b"],
-                        }
-                    ],
-                    "next": None,
+                    "id": "1714557600000-0",
+                    "time": "2024-05-01T10:00:00Z",
+                    "actor": "admin",
+                    "face_id": 42,
+                    "reason": "TICKET-123",
+                    "stores": ["store-a", "store-b"],
                 }
-            ]
+            ],
+            "next": None,
         }
-    }
+    )
 
 
 class Me(BaseModel):
@@ -369,11 +328,7 @@ class Me(BaseModel):
     role: str = Field(description="admin | camera")
     stores: list[str] = Field(description="the stores this key may see")
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [{"key_id": "cam-entrance", "role": "camera", "stores": ["store-a"]}]
-        }
-    }
+    model_config = examples({"key_id": "cam-entrance", "role": "camera", "stores": ["store-a"]})
 
 
 class WindowStats(BaseModel):
@@ -396,42 +351,38 @@ class Overview(BaseModel):
     day: str = Field(description="today (UTC)")
     stores: list[StoreOverview] = Field(description="every store the key may see")
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
+    model_config = examples(
+        {
+            "day": "2024-05-02",
+            "stores": [
                 {
-                    "day": "2024-05-02",
-                    "stores": [
-                        {
-                            "store_id": "store-a",
-                            "region": "north",
-                            "today": {
-                                "pv": 110,
-                                "uv": 95,
-                                "new": 60,
-                                "returning": 50,
-                                "member_visits": 18,
-                            },
-                            "last_7_days": {
-                                "pv": 820,
-                                "uv": 540,
-                                "new": 400,
-                                "returning": 420,
-                                "member_visits": 130,
-                            },
-                            "last_30_days": {
-                                "pv": 3400,
-                                "uv": 1900,
-                                "new": 1500,
-                                "returning": 1900,
-                                "member_visits": 520,
-                            },
-                        }
-                    ],
+                    "store_id": "store-a",
+                    "region": "north",
+                    "today": {
+                        "pv": 110,
+                        "uv": 95,
+                        "new": 60,
+                        "returning": 50,
+                        "member_visits": 18,
+                    },
+                    "last_7_days": {
+                        "pv": 820,
+                        "uv": 540,
+                        "new": 400,
+                        "returning": 420,
+                        "member_visits": 130,
+                    },
+                    "last_30_days": {
+                        "pv": 3400,
+                        "uv": 1900,
+                        "new": 1500,
+                        "returning": 1900,
+                        "member_visits": 520,
+                    },
                 }
-            ]
+            ],
         }
-    }
+    )
 
 
 class Visit(BaseModel):
@@ -446,31 +397,27 @@ class VisitsResponse(BaseModel):
     store_id: str = Field(description="the store")
     visits: list[Visit] = Field(description="newest first")
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
+    model_config = examples(
+        {
+            "store_id": "store-a",
+            "visits": [
                 {
-                    "store_id": "store-a",
-                    "visits": [
-                        {
-                            "face_id": 42,
-                            "time": "2024-05-02T09:14:03Z",
-                            "visit": "returning",
-                            "member": True,
-                            "kind": "member",
-                        },
-                        {
-                            "face_id": 311,
-                            "time": "2024-05-02T09:12:47Z",
-                            "visit": "new",
-                            "member": False,
-                            "kind": "visitor",
-                        },
-                    ],
-                }
-            ]
+                    "face_id": 42,
+                    "time": "2024-05-02T09:14:03Z",
+                    "visit": "returning",
+                    "member": True,
+                    "kind": "member",
+                },
+                {
+                    "face_id": 311,
+                    "time": "2024-05-02T09:12:47Z",
+                    "visit": "new",
+                    "member": False,
+                    "kind": "visitor",
+                },
+            ],
         }
-    }
+    )
 
 
 class StoreHealth(BaseModel):
@@ -490,23 +437,19 @@ class StoreHealth(BaseModel):
     loaded: bool | None = Field(default=None, description="the node has the store loaded")
     visitor_retention_days: int | None = Field(description="null: visitors are kept")
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
-                {
-                    "store_id": "store-a",
-                    "node": "node-1",
-                    "replicas": 2,
-                    "replicas_up": 2,
-                    "reachable": True,
-                    "faces": 5400,
-                    "vectors": 6100,
-                    "index": "flat",
-                    "embedder": "dlib",
-                    "threshold": 0.6,
-                    "loaded": True,
-                    "visitor_retention_days": 90,
-                }
-            ]
+    model_config = examples(
+        {
+            "store_id": "store-a",
+            "node": "node-1",
+            "replicas": 2,
+            "replicas_up": 2,
+            "reachable": True,
+            "faces": 5400,
+            "vectors": 6100,
+            "index": "flat",
+            "embedder": "dlib",
+            "threshold": 0.6,
+            "loaded": True,
+            "visitor_retention_days": 90,
         }
-    }
+    )

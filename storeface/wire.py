@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def examples(*docs: dict[str, Any], **config: Any) -> ConfigDict:
+    """A model's config with these examples for its OpenAPI schema (and any other `config`)."""
+    return cast(ConfigDict, {"json_schema_extra": {"examples": list(docs)}, **config})
 
 
 class Box(BaseModel):
@@ -144,22 +149,18 @@ class EnrollResponse(BaseModel):
         "registration lock stayed taken: learning waits for no one)",
     )
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
-                {
-                    "face_id": 42,
-                    "vec_id": 6101,
-                    "created": True,
-                    "duplicate": False,
-                    "distance": None,
-                    "matched_store": None,
-                    "member_moved_from": None,
-                    "skipped": None,
-                }
-            ]
+    model_config = examples(
+        {
+            "face_id": 42,
+            "vec_id": 6101,
+            "created": True,
+            "duplicate": False,
+            "distance": None,
+            "matched_store": None,
+            "member_moved_from": None,
+            "skipped": None,
         }
-    }
+    )
 
 
 class EraseResponse(BaseModel):
@@ -167,11 +168,7 @@ class EraseResponse(BaseModel):
     erased: bool = Field(description="something was erased")
     stores: list[str] = Field(default_factory=list, description="the stores it was erased from")
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [{"face_id": 42, "erased": True, "stores": ["store-a", "store-b"]}]
-        }
-    }
+    model_config = examples({"face_id": 42, "erased": True, "stores": ["store-a", "store-b"]})
 
 
 class InfoResponse(BaseModel):
@@ -218,21 +215,17 @@ class HealthResponse(BaseModel):
         description="per dependency: Redis, node groups and the stores each hosts",
     )
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
-                {
-                    "status": "ready",
-                    "details": {
-                        "redis": True,
-                        "config_error": None,
-                        "nodes": {"node-1": True},
-                        "stores": {"store-a": True, "store-b": True},
-                    },
-                }
-            ]
+    model_config = examples(
+        {
+            "status": "ready",
+            "details": {
+                "redis": True,
+                "config_error": None,
+                "nodes": {"node-1": True},
+                "stores": {"store-a": True, "store-b": True},
+            },
         }
-    }
+    )
 
 
 class ErrorBody(BaseModel):
