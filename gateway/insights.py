@@ -136,14 +136,7 @@ async def health(gw: Gateway, store_id: str) -> StoreHealth:
 
 async def sweep(gw: Gateway, body: SweepRequest, actor: str) -> SweepResponse:
     done = await retention.sweep(gw, body.older_than_days, body.dry_run, actor)
-    return SweepResponse(
-        erased=done.erased,
-        expired=done.expired,
-        scanned=done.scanned,
-        dry_run=done.dry_run,
-        older_than_days=done.older_than_days,
-        took_ms=done.took_ms,
-    )
+    return SweepResponse.model_validate(done, from_attributes=True)
 
 
 async def audit(gw: Gateway, limit: int, before: str | None) -> AuditPage:
